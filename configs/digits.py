@@ -1,0 +1,28 @@
+"""Offline image config: scikit-learn's bundled 8x8 digits upsampled to 16x16.
+
+No download, finishes on a laptop CPU in minutes:
+  python main.py --config=configs/digits.py --workdir=runs/digits
+"""
+
+from configs import default
+
+
+def get_config():
+  """Returns the digits configuration (reference hyper-parameters, small nets)."""
+  config = default.get_config()
+  config.data.dataset = 'digits'
+  config.data.image_size = 16
+  config.data.num_channels = 1
+  config.model.arch = 'resnet'
+  config.model.resnet_style = 'cifar'
+  config.model.nz = 32
+  config.model.ngf = 64
+  config.model.nef = 64
+  config.model.nif = 32
+  config.training.batch_size = 64
+  config.training.num_epochs = 100
+  config.training.num_train_steps = 1500
+  config.training.log_every_steps = 50
+  config.training.image_every_steps = 250
+  config.training.checkpoint_every_steps = 250
+  return config

@@ -1,0 +1,25 @@
+"""Tiny CPU config for tests: 16x16 grayscale digits, narrow nets, short chains.
+
+Runs in seconds on a laptop CPU, no download:
+  python main.py --config=configs/test.py --workdir=/tmp/dual_mcmc_test
+"""
+
+from configs import digits
+
+
+def get_config():
+  """Returns the tiny test configuration."""
+  config = digits.get_config()
+  config.model.ngf = 16
+  config.model.nef = 16
+  config.model.nif = 8
+  config.model.nz = 8
+  config.langevin_x.steps = 3
+  config.langevin_z.steps = 2
+  config.training.batch_size = 8
+  config.training.num_train_steps = 4
+  config.training.log_every_steps = 2
+  config.training.image_every_steps = 4
+  config.training.checkpoint_every_steps = 2
+  config.training.num_image_samples = 8
+  return config

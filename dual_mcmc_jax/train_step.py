@@ -1,0 +1,223 @@
+"""One dual-MCMC teaching iteration as a single compiled function.
+
+`make_train_step` returns `train_step(state, batch) -> (state, metrics)`
+doing REFERENCE.md section 4 end to end on the accelerator:
+
+1. z ~ N(0, I); x0 = G(z); x1 = Tx(x0)             (x-revision, EBM-guided)
+2. z0 ~ q(z|x); z1 = Tz(z0 | x)                    (z-revision, generator-guided)
+3. Adam step on G with the generator loss
+4. Adam step on I with the inference loss
+5. x0' = G'(z) with the updated G; x1' = Tx(x0')   (second x-chain, optional)
+   Adam step on E with the temperature-scaled EBM loss
+
+Nothing here imports TensorFlow, so the step (and the benchmark built on it)
+runs on machines with only jax, flax and optax.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from dual_mcmc_jax import langevin
+from dual_mcmc_jax import losses
+from dual_mcmc_jax import networks
+from dual_mcmc_jax import train_state as ts
+
+Array = jax.Array
+Metrics = dict[str, Array]
+
+
+def _apply_update(net: ts.NetState, grads: Any, tx: optax.GradientTransformation,
+                  new_state: dict[str, Any]) -> ts.NetState:
+  updates, opt_state = tx.update(grads, net.opt_state, net.params)
+  return net.replace(params=optax.apply_updates(net.params, updates),
+                     state=new_state, opt_state=opt_state)
+
+
+def generate(models: networks.Models, gen: ts.NetState,
+             z: Array) -> tuple[Array, dict[str, Any]]:
+  """x = G(z) with batch-statistics BatchNorm; returns (x, new gen state)."""
+  x, vs = models.gen.apply({'params': gen.params, **gen.state}, z,
+                           mutable=['batch_stats'])
+  return x, dict(vs)
+
+
+def revise_x(models: networks.Models, ebm: ts.NetState, x0: Array, key: Array,
+             settings: langevin.LangevinSettings, mask: Array | None = None
+             ) -> tuple[Array, dict[str, Any], langevin.ChainInfo]:
+  """x-revision of `x0` under the EBM; returns (x1, new EBM state, info)."""
+  fn = langevin.x_energy_fn(models.ebm.apply, ebm.params)
+  return langevin.langevin(fn, x0, key, settings, aux=ebm.state, mask=mask)
+
+
+def infer_z(models: networks.Models, inf: ts.NetState, x: Array,
+            key: Array | None) -> tuple[Array, Array, Array]:
+  """Draws z0 ~ q(z|x) (the mean if `key` is None); returns (z0, mu, logvar)."""
+  mu, logvar = models.inf.apply({'params': inf.params}, x)
+  if key is None:
+    return mu, mu, logvar
+  eps = jax.random.normal(key, mu.shape, mu.dtype)
+  return mu + jnp.exp(0.5 * logvar) * eps, mu, logvar
+
+
+def revise_z(models: networks.Models, gen: ts.NetState, z0: Array, x: Array,
+             key: Array, settings: langevin.LangevinSettings, sigma: float,
+             prior_sigma: float, x_mask: Array | None = None
+             ) -> tuple[Array, dict[str, Any], langevin.ChainInfo]:
+  """z-revision of `z0` under the generator posterior given x.
+
+  Args:
+    models, gen: the generator and its state.
+    z0: initial latents, [B, nz].
+    x: observed data, [B, ...].
+    key: PRNG key of the chain.
+    settings: Langevin settings.
+    sigma, prior_sigma: generator noise and prior scale.
+    x_mask: optional mask of observed pixels (True = observed); unobserved
+      pixels do not enter the likelihood (inpainting).
+
+  Returns:
+    (z1, new generator state, chain info).
+  """
+  if x_mask is None:
+    fn = langevin.z_energy_fn(models.gen.apply, gen.params, x, sigma,
+                              prior_sigma, settings.rule)
+  else:
+    scale = langevin.z_energy_scale(settings.rule)
+
+    def fn(z, bn_state):
+      gz, vs = models.gen.apply({'params': gen.params, **bn_state}, z,
+                                mutable=['batch_stats'])
+      rec = jnp.sum(jnp.where(x_mask, jnp.square(gz - x), 0.0)) / sigma**2
+      prior = jnp.sum(jnp.square(z)) / prior_sigma**2
+      return scale * (rec + prior), dict(vs)
+
+  return langevin.langevin(fn, z0, key, settings, aux=gen.state)
+
+
+def make_train_step(config, models: networks.Models,
+                    optimizers: ts.Optimizers
+                    ) -> Callable[[ts.TrainState, Array],
+                                  tuple[ts.TrainState, Metrics]]:
+  """Builds the (un-jitted) train step for `config`.
+
+  Args:
+    config: the experiment ConfigDict (read once here, not in the step).
+    models: the three modules.
+    optimizers: their optimisers.
+
+  Returns:
+    `train_step(state, batch) -> (state, metrics)`; jit it with
+    `donate_argnums=0`.
+  """
+  lx = langevin.LangevinSettings.from_config(config.langevin_x)
+  lz = langevin.LangevinSettings.from_config(config.langevin_z)
+  lc = config.loss
+  sigma, prior_sigma = float(lc.sigma), float(lc.prior_sigma)
+  g_factor, s_factor, i_factor = (float(lc.g_factor), float(lc.s_factor),
+                                  float(lc.i_factor))
+  temperature = losses.ebm_temperature(lx.step_size, lx.noise,
+                                       bool(lc.ebm_temperature_scaling))
+  second_chain = bool(config.training.second_x_chain)
+  diff_limit = float(lc.energy_diff_limit)
+  z_scale = langevin.z_energy_scale(lz.rule)
+
+  def train_step(state: ts.TrainState,
+                 batch: Array) -> tuple[ts.TrainState, Metrics]:
+    x = batch  # [B, ...]
+    b = x.shape[0]
+    k_z, k_x1, k_q, k_zc, k_x2 = jax.random.split(ts.step_key(state), 5)
+
+    # 1. Generator proposal and its x-revision under the current EBM.
+    z = jax.random.normal(k_z, (b, models.nz), jnp.float32)
+    x0, gen_bn = generate(models, state.gen, z)
+    x1, ebm_sn, info_x1 = revise_x(models, state.ebm, x0, k_x1, lx)
+
+    # 2. Inference proposal and its z-revision under the current generator.
+    z0, _, _ = infer_z(models, state.inf, x, k_q)
+    z1, gen_bn, info_z = revise_z(models, state.gen.replace(state=gen_bn), z0,
+                                  x, k_zc, lz, sigma, prior_sigma)
+    # Reconstruction error at the chain's start, recovered from its energy.
+    rec_before = (info_z.energy_start / z_scale -
+                  jnp.sum(jnp.square(z0)) / prior_sigma**2) * sigma**2 / b
+
+    # 3. Generator update.
+    (_, (gen_bn, m_g)), g_grads = jax.value_and_grad(
+        losses.generator_loss, has_aux=True)(
+            state.gen.params, gen_bn, models.gen.apply, x, z, z1, x1,
+            g_factor, s_factor)
+    gen = _apply_update(state.gen, g_grads, optimizers.gen, gen_bn)
+
+    # 4. Inference update.
+    (_, m_i), i_grads = jax.value_and_grad(
+        losses.inference_loss, has_aux=True)(
+            state.inf.params, models.inf.apply, x, z1, x1, z, g_factor,
+            i_factor)
+    inf = _apply_update(state.inf, i_grads, optimizers.inf, state.inf.state)
+
+    # 5. EBM update, negatives from a second chain off the updated generator.
+    if second_chain:
+      x0_neg, gen_bn = generate(models, gen, z)
+      gen = gen.replace(state=gen_bn)
+      x_neg, ebm_sn, info_neg = revise_x(
+          models, state.ebm.replace(state=ebm_sn), x0_neg, k_x2, lx)
+    else:
+      x_neg, info_neg = x1, info_x1
+    (_, (ebm_sn, m_e)), e_grads = jax.value_and_grad(
+        losses.ebm_loss, has_aux=True)(
+            state.ebm.params, ebm_sn, models.ebm.apply, x, x_neg, temperature)
+    ebm = _apply_update(state.ebm, e_grads, optimizers.ebm, ebm_sn)
+
+    metrics = {**m_g, **m_i, **m_e}
+    metrics.update(
+        x_chain_energy_start=info_neg.energy_start / b,
+        x_chain_energy_end=m_e['energy_x_revised'],
+        x_chain_grad_norm=info_neg.grad_norm,
+        z_chain_rec_start=rec_before,
+        z_chain_rec_end=m_g['g_rec_after_z_chain'],
+        z_chain_grad_norm=info_z.grad_norm,
+        lr_e=optimizers.lr_ebm(state.step),
+        lr_g=optimizers.lr_gen(state.step),
+        lr_i=optimizers.lr_inf(state.step),
+    )
+    finite = jnp.all(jnp.stack([
+        jnp.isfinite(metrics[k]) for k in ('loss_g', 'loss_i', 'loss_e')]))
+    metrics['healthy'] = jnp.logical_and(
+        finite, jnp.abs(m_e['energy_diff']) <= diff_limit)
+    new_state = state.replace(step=state.step + 1, ebm=ebm, gen=gen, inf=inf)
+    return new_state, metrics
+
+  return train_step
+
+
+def make_sample_fn(config, models: networks.Models
+                   ) -> Callable[[ts.TrainState, Array, Array],
+                                 dict[str, Array]]:
+  """Builds `sample(state, key, x) -> images` for TensorBoard grids.
+
+  Returns generator samples, their x-revision under the EBM, and
+  reconstructions of the data batch `x` before and after z-revision. Uses the
+  training chain settings; the state is not modified.
+  """
+  lx = langevin.LangevinSettings.from_config(config.langevin_x)
+  lz = langevin.LangevinSettings.from_config(config.langevin_z)
+  sigma, prior_sigma = float(config.loss.sigma), float(config.loss.prior_sigma)
+
+  def sample(state: ts.TrainState, key: Array, x: Array) -> dict[str, Array]:
+    k_z, k_x, k_zc = jax.random.split(key, 3)
+    z = jax.random.normal(k_z, (x.shape[0], models.nz), jnp.float32)
+    x0, _ = generate(models, state.gen, z)
+    x1, _, _ = revise_x(models, state.ebm, x0, k_x, lx)
+    z0, _, _ = infer_z(models, state.inf, x, None)
+    rec0, _ = generate(models, state.gen, z0)
+    z1, _, _ = revise_z(models, state.gen, z0, x, k_zc, lz, sigma, prior_sigma)
+    rec1, _ = generate(models, state.gen, z1)
+    return {'generator_samples': x0, 'ebm_revised_samples': x1,
+            'data': x, 'reconstruction_before_z_revision': rec0,
+            'reconstruction_after_z_revision': rec1}
+
+  return sample
