@@ -1,0 +1,244 @@
+"""Training loop: data, the compiled step, checkpoints, TensorBoard.
+
+`train_and_evaluate(config, workdir)` is what `main.py` calls. A run
+restarted on the same workdir resumes from the latest checkpoint by itself,
+with the data stream continued from the same position (the input pipeline is
+deterministic in (seed, step)).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from dual_mcmc_jax import input_pipeline
+from dual_mcmc_jax import networks
+from dual_mcmc_jax import train_state as ts
+from dual_mcmc_jax import train_step as train_step_lib
+from dual_mcmc_jax import visualize
+
+
+class TrainingDivergedError(RuntimeError):
+  """Raised when a loss is NaN or the energy difference explodes."""
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError with one line naming the first bad field."""
+  t = config.training
+  if int(t.batch_size) <= 0:
+    raise ValueError(f'config.training.batch_size={t.batch_size} must be > 0')
+  n_dev = jax.device_count()
+  if int(t.batch_size) % n_dev:
+    raise ValueError(
+        f'config.training.batch_size={t.batch_size} must be divisible by the '
+        f'number of devices ({n_dev})')
+  for group in ('langevin_x', 'langevin_z'):
+    g = config[group]
+    if int(g.steps) < 0:
+      raise ValueError(f'config.{group}.steps={g.steps} must be >= 0')
+    if float(g.step_size) <= 0:
+      raise ValueError(f'config.{group}.step_size={g.step_size} must be > 0')
+    if float(g.noise) < 0:
+      raise ValueError(f'config.{group}.noise={g.noise} must be >= 0')
+  if t.num_train_steps <= 0 and t.num_epochs <= 0:
+    raise ValueError('set config.training.num_train_steps > 0 or '
+                     'config.training.num_epochs > 0')
+  for name in ('log_every_steps', 'image_every_steps', 'checkpoint_every_steps'):
+    if int(t[name]) <= 0:
+      raise ValueError(f'config.training.{name}={t[name]} must be > 0')
+
+
+def num_train_steps(config: ml_collections.ConfigDict,
+                    steps_per_epoch: int) -> int:
+  if config.training.num_train_steps > 0:
+    return int(config.training.num_train_steps)
+  return int(config.training.num_epochs) * steps_per_epoch
+
+
+def create_checkpoint_manager(workdir: str, max_to_keep: int
+                              ) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), 'checkpoints'),
+      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+                                           create=True))
+
+
+def restore_or_create_state(config: ml_collections.ConfigDict,
+                            models: networks.Models,
+                            optimizers: ts.Optimizers,
+                            manager: ocp.CheckpointManager) -> ts.TrainState:
+  """Latest checkpoint in the workdir if there is one, else a fresh state."""
+  seed = int(config.training.seed)
+  step = manager.latest_step()
+  if step is None:
+    return ts.create_train_state(models, optimizers, seed)
+  abstract = jax.eval_shape(
+      lambda: ts.create_train_state(models, optimizers, seed))
+  logging.info('Resuming from checkpoint at step %d in %s', step,
+               manager.directory)
+  return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+
+def _is_image(shape: tuple[int, ...]) -> bool:
+  return len(shape) == 3
+
+
+def write_samples(writer: metric_writers.MetricWriter, step: int,
+                  samples: dict[str, jax.Array], shape: tuple[int, ...],
+                  workdir: str | None = None) -> None:
+  """Writes sample grids (images) or scatter plots (2-D points)."""
+  samples = jax.device_get(samples)
+  if _is_image(shape):
+    grids = {k: visualize.image_grid(v)[None] for k, v in samples.items()}
+  else:
+    grids = {'samples': visualize.scatter_image({
+        k: v for k, v in samples.items()
+        if k in ('data', 'generator_samples', 'ebm_revised_samples')})[None]}
+  writer.write_images(step, grids)
+  if workdir is not None and jax.process_index() == 0:
+    out = os.path.join(workdir, 'samples')
+    os.makedirs(out, exist_ok=True)
+    for k, g in grids.items():
+      visualize.save_png(os.path.join(out, f'{k}_{step:07d}.png'), g[0])
+
+
+def _divergence_message(step: int, metrics: dict[str, Any], limit: float,
+                        manager: ocp.CheckpointManager) -> str:
+  last = manager.latest_step()
+  where = (f'last good checkpoint: step {last} in {manager.directory}'
+           if last is not None else 'no checkpoint was saved yet')
+  return (f'Training diverged at step {step}: loss_e={metrics["loss_e"]:.4g}, '
+          f'loss_g={metrics["loss_g"]:.4g}, loss_i={metrics["loss_i"]:.4g}, '
+          f'energy_diff={metrics["energy_diff"]:.4g} (limit {limit:g}); '
+          f'{where}. Lower config.optim.lr_e or config.langevin_x.step_size '
+          'and restart on the same workdir to resume from it.')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> ts.TrainState:
+  """Trains the three models; resumes from `workdir` if it has checkpoints.
+
+  Args:
+    config: experiment configuration.
+    workdir: where checkpoints, TensorBoard events and sample PNGs go.
+
+  Returns:
+    The final train state.
+  """
+  validate_config(config)
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  models = networks.create_models(config)
+  info = input_pipeline.get_dataset_info(config)
+  batch_size = int(config.training.batch_size)
+  steps_per_epoch = max(info.num_train_examples // batch_size, 1)
+  total_steps = num_train_steps(config, steps_per_epoch)
+  optimizers = ts.create_optimizers(config.optim, steps_per_epoch)
+
+  manager = create_checkpoint_manager(workdir,
+                                      config.training.max_checkpoints_to_keep)
+  state = restore_or_create_state(config, models, optimizers, manager)
+  start_step = int(jax.device_get(state.step))
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0)
+  if start_step == 0:
+    writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()
+                          if isinstance(v, (int, float, str, bool))})
+  params = {k: networks.count_params(getattr(state, k).params)
+            for k in ('ebm', 'gen', 'inf')}
+  logging.info('Parameters: E %d, G %d, I %d; %d steps per epoch; '
+               'training steps %d -> %d', params['ebm'], params['gen'],
+               params['inf'], steps_per_epoch, start_step, total_steps)
+
+  train_step = jax.jit(
+      train_step_lib.make_train_step(config, models, optimizers),
+      donate_argnums=0)
+  sample_fn = jax.jit(train_step_lib.make_sample_fn(config, models))
+  train_iter = input_pipeline.create_train_iterator(config,
+                                                    start_step=start_step)
+  report = periodic_actions.ReportProgress(num_train_steps=total_steps,
+                                           writer=writer)
+  limit = float(config.loss.energy_diff_limit)
+  n_img = int(config.training.num_image_samples)
+  sample_key = jax.random.key(int(config.training.seed) + 1)
+  fixed_batch = None
+
+  pending: list[dict[str, jax.Array]] = []
+  prev: tuple[int, dict[str, jax.Array]] | None = None
+  t_log = time.time()
+  step = start_step
+  with metric_writers.ensure_flushes(writer):
+    for step in range(start_step + 1, total_steps + 1):
+      batch = next(train_iter)
+      if fixed_batch is None:
+        fixed_batch = np.asarray(batch[:n_img])
+      state, metrics = train_step(state, batch)
+      # Check the previous step while this one runs: one step of lag keeps
+      # the host from stalling the device queue every iteration.
+      if prev is not None:
+        _check_health(*prev, limit, manager)
+      prev = (step, metrics)
+      pending.append(metrics)
+      report(step)
+
+      is_last = step == total_steps
+      if step % config.training.log_every_steps == 0 or is_last:
+        _check_health(step, metrics, limit, manager)
+        summary = {k: float(np.mean(v)) for k, v in
+                   jax.device_get(_stack(pending)).items() if k != 'healthy'}
+        dt = time.time() - t_log
+        summary['steps_per_sec'] = len(pending) / max(dt, 1e-9)
+        writer.write_scalars(step, summary)
+        pending, t_log = [], time.time()
+      if step % config.training.image_every_steps == 0 or is_last:
+        with report.timed('samples'):
+          write_samples(writer, step,
+                        sample_fn(state, jax.random.fold_in(sample_key, step),
+                                  fixed_batch), info.shape, workdir)
+      if step % config.training.checkpoint_every_steps == 0 or is_last:
+        # Never save a state produced by an unhealthy step.
+        _check_health(step, metrics, limit, manager)
+        with report.timed('checkpoint'):
+          manager.save(step, args=ocp.args.StandardSave(state))
+  manager.wait_until_finished()
+  logging.info('Finished training at step %d.', step)
+  return state
+
+
+def _check_health(step: int, metrics: dict[str, jax.Array], limit: float,
+                  manager: ocp.CheckpointManager) -> None:
+  if bool(jax.device_get(metrics['healthy'])):
+    return
+  manager.wait_until_finished()
+  raise TrainingDivergedError(_divergence_message(
+      step, {k: float(v) for k, v in jax.device_get(metrics).items()}, limit,
+      manager))
+
+
+def _stack(items: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *items)
+
+
+def _flatten(d: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out

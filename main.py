@@ -1,0 +1,50 @@
+"""Command line entry point: trains a dual-MCMC teaching model.
+
+  python main.py --config=configs/cifar10.py --workdir=runs/cifar10
+  python main.py --config=configs/digits.py --workdir=runs/digits \
+      --config.training.batch_size=32
+
+Any config field can be overridden with --config.<group>.<field>=value.
+Restarting the same command on the same workdir resumes from its latest
+checkpoint.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from dual_mcmc_jax import train
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs, samples.')
+config_flags.DEFINE_config_file(
+    'config', None, 'Training configuration file.', lock_config=True)
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError('Too many command-line arguments.')
+  # Keep TensorFlow (used only by the input pipeline) off the accelerators.
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.experimental.set_visible_devices([], 'GPU')
+  except ImportError:
+    pass
+  logging.info('JAX process %d / %d, local devices: %s', jax.process_index(),
+               jax.process_count(), jax.local_devices())
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (ValueError, FileNotFoundError, train.TrainingDivergedError) as e:
+    # One clear line and a non-zero exit instead of a traceback.
+    logging.error('%s', e)
+    sys.exit(f'error: {e}')
+
+
+if __name__ == '__main__':
+  app.run(main)
