@@ -24,7 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
   data.num_channels = 3
   data.data_dir = ml_collections.config_dict.placeholder(str)  # tfds data dir.
   data.random_flip = False  # The reference uses no augmentation on CIFAR-10.
-  data.shuffle_buffer = 10_000
+  data.train_split = 'train'  # tfds split(s) to train on.
   # toy2d: density name, and the number of points that make one "epoch".
   data.toy2d_name = '8gaussians'
   data.toy2d_num_points = 50_000

@@ -10,6 +10,7 @@ from configs import digits
 def get_config():
   """Returns the tiny test configuration."""
   config = digits.get_config()
+  config.model.arch = 'resnet'  # The paper's main architecture, tiny.
   config.model.ngf = 16
   config.model.nef = 16
   config.model.nif = 8

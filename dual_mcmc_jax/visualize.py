@@ -9,18 +9,23 @@ import numpy as np
 
 
 def image_grid(images: np.ndarray, ncols: int | None = None,
-               pad: int = 1) -> np.ndarray:
+               pad: int = 1, min_size: int = 48) -> np.ndarray:
   """Tiles images in [-1, 1] into one uint8 grid.
 
   Args:
     images: [N, H, W, C] in [-1, 1].
     ncols: columns (default: ceil(sqrt(N))).
     pad: pixels of white between tiles.
+    min_size: small images are enlarged (nearest neighbour, integer factor)
+      until their side is at least this, so 16x16 digits stay readable.
 
   Returns:
     [rows * (H + pad) + pad, ncols * (W + pad) + pad, C] uint8.
   """
   images = np.asarray(images, np.float32)
+  factor = max(1, -(-min_size // images.shape[1]))
+  if factor > 1:
+    images = images.repeat(factor, axis=1).repeat(factor, axis=2)
   n, h, w, c = images.shape
   ncols = ncols or int(math.ceil(math.sqrt(n)))
   nrows = int(math.ceil(n / ncols))
