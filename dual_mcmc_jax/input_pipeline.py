@@ -24,7 +24,7 @@ O(1), with no tf.data skip to replay. Each epoch drops its remainder (steps per
 epoch = num_train_examples // global batch size). On multiple hosts every
 process holds the whole split, draws the same global batch and keeps its own
 contiguous slice of it (`jax.process_index()`). A full permutation replaces a
-shuffle buffer, so `config.data.shuffle_buffer` is not used.
+shuffle buffer.
 
 Preprocessing (done through tf.data when the split is loaded, so the stored
 images are already at `config.data.image_size`):
