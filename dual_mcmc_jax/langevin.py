@@ -143,14 +143,39 @@ def x_energy_fn(ebm_apply: Callable[..., Any], params: Any,
   return fn
 
 
+def z_energy_weights(rule: str, sigma: float,
+                     prior_sigma: float) -> tuple[float, float]:
+  """Weights (w_rec, w_prior) of ||G(z) - x||^2 and ||z||^2 in the z-energy.
+
+  Reference rule: the authors' update is
+  `z - s^2/2 * (grad ||G(z) - x||^2 / sigma^2 + z / prior_sigma^2) + n eps`,
+  i.e. the gradient of `||G(z)-x||^2 / sigma^2 + ||z||^2 / (2 prior_sigma^2)`
+  (no 1/2 on the reconstruction term, 1/2 on the prior). Paper rule: the true
+  negative log posterior, 1/2 on both terms.
+
+  Args:
+    rule: 'reference' or 'paper'.
+    sigma: generator observation noise.
+    prior_sigma: prior standard deviation.
+
+  Returns:
+    (w_rec, w_prior).
+  """
+  if rule == 'reference':
+    return 1.0 / sigma**2, 0.5 / prior_sigma**2
+  if rule == 'paper':
+    return 0.5 / sigma**2, 0.5 / prior_sigma**2
+  raise ValueError(f'config.langevin_z.rule={rule!r} is unknown; allowed: '
+                   f'{", ".join(RULES)}')
+
+
 def z_energy_fn(gen_apply: Callable[..., Any], params: Any, x: Array,
-                sigma: float, prior_sigma: float, rule: str) -> EnergyFn:
+                sigma: float, prior_sigma: float, rule: str,
+                x_mask: Array | None = None) -> EnergyFn:
   """Energy of the z-revision: the generator's negative log posterior.
 
-  With the reference rule the energy is, as in the authors' code,
-  `||G(z) - x||^2 / sigma^2 + ||z||^2 / prior_sigma^2` (sums over pixels and
-  batch, no factor 1/2); with the paper rule it is the true negative log
-  posterior, half of that, so that the chain samples p(z | x).
+  `w_rec * ||G(z) - x||^2 + w_prior * ||z||^2` summed over the batch, with
+  the weights of `z_energy_weights`.
 
   Args:
     gen_apply: `module.apply` of the generator.
@@ -159,27 +184,21 @@ def z_energy_fn(gen_apply: Callable[..., Any], params: Any, x: Array,
     sigma: observation noise of the generator.
     prior_sigma: standard deviation of the latent prior.
     rule: 'reference' or 'paper'.
+    x_mask: optional boolean mask of observed pixels (True = observed); the
+      others do not enter the likelihood (inpainting).
 
   Returns:
     An EnergyFn whose aux is the generator's `batch_stats`.
   """
-  scale = z_energy_scale(rule)
+  w_rec, w_prior = z_energy_weights(rule, sigma, prior_sigma)
 
   def fn(z, bn_state):
     gz, new_vars = gen_apply({'params': params, **bn_state}, z,
                              mutable=['batch_stats'])
-    rec = jnp.sum(jnp.square(gz - x)) / sigma**2
-    prior = jnp.sum(jnp.square(z)) / prior_sigma**2
-    return scale * (rec + prior), dict(new_vars)
+    sq = jnp.square(gz - x)
+    if x_mask is not None:
+      sq = jnp.where(x_mask, sq, 0.0)
+    return w_rec * jnp.sum(sq) + w_prior * jnp.sum(jnp.square(z)), dict(
+        new_vars)
 
   return fn
-
-
-def z_energy_scale(rule: str) -> float:
-  """Factor between the z-energy and the reference's sum of squares."""
-  if rule == 'reference':
-    return 1.0
-  if rule == 'paper':
-    return 0.5
-  raise ValueError(f'config.langevin_z.rule={rule!r} is unknown; allowed: '
-                   f'{", ".join(RULES)}')

@@ -22,8 +22,8 @@ align_corners=True. The generator's BatchNorm always normalises with the
 statistics of the current batch, as the reference never switches it to
 inference mode; running statistics are still kept (collection
 `batch_stats`) so that imported checkpoints round-trip. Every EBM layer is
-wrapped in `nn.SpectralNorm`, whose power-iteration vector also lives in
-`batch_stats`.
+spectrally normalised (`spectral_normalize`); its power-iteration vector also
+lives in `batch_stats`.
 """
 
 from __future__ import annotations
@@ -159,8 +159,52 @@ def batch_norm(name: str | None = None, dtype: Dtype = jnp.float32):
                       scale_init=bn_scale_init, dtype=dtype, name=name)
 
 
+def _l2_normalize(v: Array, eps: float = 1e-12) -> Array:
+  # PyTorch's F.normalize: v / max(||v||, eps).
+  return v / jnp.maximum(jnp.linalg.norm(v), eps)
+
+
+def spectral_normalize(module: nn.Module, kernel: Array, update_stats: bool,
+                       n_steps: int) -> Array:
+  """Divides `kernel` by its top singular value, PyTorch `spectral_norm` style.
+
+  The stored parameter is the raw weight (PyTorch's `weight_orig`) and the
+  power-iteration vector `u` (PyTorch's `weight_u`, length = output features)
+  lives in the `batch_stats` collection. Flax's `nn.SpectralNorm` is not used
+  because it stores the *normalised* kernel as the parameter at init, which
+  breaks the reference initialisation (Xavier-normal raw weights) and the
+  one-to-one mapping of PyTorch checkpoints.
+
+  Args:
+    module: the calling module (owns the `u` variable).
+    kernel: [..., in, out] weight; flattened to [rest, out].
+    update_stats: store the new `u` (train mode: every forward pass).
+    n_steps: power iterations per call.
+
+  Returns:
+    kernel / sigma, with gradients flowing through sigma as in PyTorch.
+  """
+  out = kernel.shape[-1]
+  mat = kernel.reshape(-1, out).astype(jnp.float32)  # [rest, out]
+  u_var = module.variable(
+      'batch_stats', 'u',
+      lambda: _l2_normalize(jax.random.normal(module.make_rng('params'),
+                                              (out,), jnp.float32)))
+  u = u_var.value
+  v = None
+  for _ in range(max(n_steps, 1)):
+    v = _l2_normalize(mat @ u)  # [rest]
+    u = _l2_normalize(mat.T @ v)  # [out]
+  u = jax.lax.stop_gradient(u)
+  v = jax.lax.stop_gradient(v)
+  sigma = jnp.dot(u, mat.T @ v)
+  if update_stats and not module.is_initializing():
+    u_var.value = u
+  return (kernel / sigma).astype(kernel.dtype)
+
+
 class SNConv(nn.Module):
-  """Spectrally normalised conv (no bias by default), as in the reference EBM."""
+  """Conv with optional spectral norm (no bias by default), as in the EBM."""
   features: int
   kernel: int
   stride: int = 1
@@ -172,16 +216,23 @@ class SNConv(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, update_stats: bool) -> Array:
-    conv = TorchConv(self.features, self.kernel, self.stride, self.padding,
-                     use_bias=self.use_bias, dtype=self.dtype, name='layer')
-    if not self.spectral_norm:
-      return conv(x)
-    return nn.SpectralNorm(conv, n_steps=self.sn_steps, name='sn')(
-        x, update_stats=update_stats)
+    fan_in = x.shape[-1] * self.kernel * self.kernel
+    w = self.param('kernel', xavier_normal,
+                   (self.kernel, self.kernel, x.shape[-1], self.features))
+    if self.spectral_norm:
+      w = spectral_normalize(self, w, update_stats, self.sn_steps)
+    p = self.padding
+    y = jax.lax.conv_general_dilated(
+        x.astype(self.dtype), w.astype(self.dtype), (self.stride, self.stride),
+        [(p, p), (p, p)], dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    if self.use_bias:
+      b = self.param('bias', torch_default_bias_init(fan_in), (self.features,))
+      y = y + b.astype(self.dtype)
+    return y
 
 
 class SNDense(nn.Module):
-  """Spectrally normalised linear layer."""
+  """Linear layer with optional spectral norm."""
   features: int
   use_bias: bool = False
   spectral_norm: bool = True
@@ -190,12 +241,16 @@ class SNDense(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, update_stats: bool) -> Array:
-    dense = TorchDense(self.features, use_bias=self.use_bias,
-                       dtype=self.dtype, name='layer')
-    if not self.spectral_norm:
-      return dense(x)
-    return nn.SpectralNorm(dense, n_steps=self.sn_steps, name='sn')(
-        x, update_stats=update_stats)
+    w = self.param('kernel', torch_default_kernel_init,
+                   (x.shape[-1], self.features))
+    if self.spectral_norm:
+      w = spectral_normalize(self, w, update_stats, self.sn_steps)
+    y = x.astype(self.dtype) @ w.astype(self.dtype)
+    if self.use_bias:
+      b = self.param('bias', torch_default_bias_init(x.shape[-1]),
+                     (self.features,))
+      y = y + b.astype(self.dtype)
+    return y
 
 
 # ----------------------------------------------------------------------------

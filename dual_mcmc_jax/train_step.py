@@ -83,19 +83,8 @@ def revise_z(models: networks.Models, gen: ts.NetState, z0: Array, x: Array,
   Returns:
     (z1, new generator state, chain info).
   """
-  if x_mask is None:
-    fn = langevin.z_energy_fn(models.gen.apply, gen.params, x, sigma,
-                              prior_sigma, settings.rule)
-  else:
-    scale = langevin.z_energy_scale(settings.rule)
-
-    def fn(z, bn_state):
-      gz, vs = models.gen.apply({'params': gen.params, **bn_state}, z,
-                                mutable=['batch_stats'])
-      rec = jnp.sum(jnp.where(x_mask, jnp.square(gz - x), 0.0)) / sigma**2
-      prior = jnp.sum(jnp.square(z)) / prior_sigma**2
-      return scale * (rec + prior), dict(vs)
-
+  fn = langevin.z_energy_fn(models.gen.apply, gen.params, x, sigma,
+                            prior_sigma, settings.rule, x_mask)
   return langevin.langevin(fn, z0, key, settings, aux=gen.state)
 
 
@@ -124,7 +113,7 @@ def make_train_step(config, models: networks.Models,
                                        bool(lc.ebm_temperature_scaling))
   second_chain = bool(config.training.second_x_chain)
   diff_limit = float(lc.energy_diff_limit)
-  z_scale = langevin.z_energy_scale(lz.rule)
+  w_rec, w_prior = langevin.z_energy_weights(lz.rule, sigma, prior_sigma)
 
   def train_step(state: ts.TrainState,
                  batch: Array) -> tuple[ts.TrainState, Metrics]:
@@ -142,8 +131,8 @@ def make_train_step(config, models: networks.Models,
     z1, gen_bn, info_z = revise_z(models, state.gen.replace(state=gen_bn), z0,
                                   x, k_zc, lz, sigma, prior_sigma)
     # Reconstruction error at the chain's start, recovered from its energy.
-    rec_before = (info_z.energy_start / z_scale -
-                  jnp.sum(jnp.square(z0)) / prior_sigma**2) * sigma**2 / b
+    rec_before = (info_z.energy_start -
+                  w_prior * jnp.sum(jnp.square(z0))) / (w_rec * b)
 
     # 3. Generator update.
     (_, (gen_bn, m_g)), g_grads = jax.value_and_grad(
