@@ -23,6 +23,9 @@ def get_config() -> ml_collections.ConfigDict:
   data.image_size = 32
   data.num_channels = 3
   data.data_dir = ml_collections.config_dict.placeholder(str)  # tfds data dir.
+  # Let tfds download and prepare a missing dataset. Off by default so that an
+  # offline machine fails at once with instructions instead of retrying.
+  data.download = False
   data.random_flip = False  # The reference uses no augmentation on CIFAR-10.
   data.train_split = 'train'  # tfds split(s) to train on.
   # toy2d: density name, and the number of points that make one "epoch".

@@ -504,6 +504,17 @@ def _tfds_dataset(config: ml_collections.ConfigDict, split: str):
   try:
     return builder.as_dataset(split=split, shuffle_files=False)
   except AssertionError as e:
+    if config.data.get('download', False) and not source.manual:
+      try:
+        builder.download_and_prepare()
+      except Exception as download_error:  # pylint: disable=broad-except
+        raise FileNotFoundError(
+            f'config.data.dataset={config.data.dataset!r}: downloading TFDS'
+            f' dataset {source.tfds_name!r} into {builder.data_dir} failed'
+            f' ({type(download_error).__name__}: {download_error}); check the'
+            ' network, or prepare it elsewhere with `tfds build`.'
+        ) from download_error
+      return builder.as_dataset(split=split, shuffle_files=False)
     # TFDS asserts when the prepared files are missing from data_dir.
     # builder.data_dir is <root>/<name>[/<config>]/<version>.
     depth = len(source.tfds_name.split('/')) + 1
@@ -516,8 +527,9 @@ def _tfds_dataset(config: ml_collections.ConfigDict, split: str):
       )
     else:
       how = (
-          f'run `tfds build {source.tfds_name} --data_dir=<dir>` on a machine'
-          f' with internet and copy its contents into {root}'
+          'rerun with --config.data.download=True on a machine with internet,'
+          f' or run `tfds build {source.tfds_name} --data_dir=<dir>` there and'
+          f' copy its contents into {root}'
       )
     raise FileNotFoundError(
         f'config.data.dataset={config.data.dataset!r}: TFDS dataset'

@@ -124,6 +124,42 @@ def modes(name: str) -> np.ndarray | None:
   return None
 
 
+def mode_coverage(name: str, points: np.ndarray,
+                  num_std: float = 3.0) -> dict[str, float]:
+  """How well points cover the modes of a Gaussian-mixture density.
+
+  A point belongs to a mode when it lies within `num_std` standard deviations
+  of the mode's centre.
+
+  Args:
+    name: `8gaussians` or `25gaussians`.
+    points: [N, 2] samples.
+    num_std: radius of a mode, in mode standard deviations.
+
+  Returns:
+    {'modes_covered': number of modes holding at least one point,
+     'num_modes': K, 'fraction_in_modes': fraction of points inside any mode,
+     'min_mode_share': smallest per-mode share of the points inside modes
+     divided by the ideal share 1/K (1.0 = perfectly balanced)}.
+  """
+  centres = modes(name)
+  if centres is None:
+    raise ValueError(f'config.data.toy2d_name={name!r} has no modes; '
+                     'mode coverage needs 8gaussians or 25gaussians')
+  std = EIGHT_GAUSSIANS_STD if name == '8gaussians' else (
+      TWENTY_FIVE_GAUSSIANS_STD)
+  points = np.asarray(points, np.float64)
+  d = np.linalg.norm(points[:, None, :] - centres[None], axis=-1)  # [N, K]
+  nearest = np.argmin(d, axis=1)
+  inside = d[np.arange(len(points)), nearest] <= num_std * std
+  counts = np.bincount(nearest[inside], minlength=len(centres))
+  k = len(centres)
+  share = counts / max(int(inside.sum()), 1)
+  return {'modes_covered': float(np.sum(counts > 0)), 'num_modes': float(k),
+          'fraction_in_modes': float(inside.mean()),
+          'min_mode_share': float(share.min() * k)}
+
+
 def sample(name: str, n: int, rng: np.random.Generator) -> np.ndarray:
   """Draws points from a toy density.
 

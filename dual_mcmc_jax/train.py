@@ -90,6 +90,34 @@ def restore_or_create_state(config: ml_collections.ConfigDict,
   return manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
 
+def load_state(config: ml_collections.ConfigDict, workdir: str,
+               step: int | None = None
+               ) -> tuple[networks.Models, ts.TrainState]:
+  """Restores the train state of a workdir (latest step by default).
+
+  Args:
+    config: the configuration the workdir was trained with.
+    workdir: a training workdir.
+    step: checkpoint step to load, or None for the latest.
+
+  Returns:
+    (models, state).
+  """
+  models = networks.create_models(config)
+  # The optimiser state's structure does not depend on the schedule length.
+  optimizers = ts.create_optimizers(config.optim, steps_per_epoch=1)
+  manager = create_checkpoint_manager(workdir, 1_000_000)
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'no checkpoint in {manager.directory}; train '
+                            'first or check --workdir')
+  seed = int(config.training.seed)
+  abstract = jax.eval_shape(
+      lambda: ts.create_train_state(models, optimizers, seed))
+  state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  return models, state
+
+
 def _is_image(shape: tuple[int, ...]) -> bool:
   return len(shape) == 3
 

@@ -162,3 +162,19 @@ def test_unknown_name_names_the_field(call):
   assert '\n' not in message
   for name in toy2d.NAMES:
     assert name in message
+
+
+def test_mode_coverage_of_true_samples_and_of_a_collapsed_set():
+  rng = np.random.default_rng(0)
+  truth = toy2d.sample('8gaussians', 4000, rng)
+  full = toy2d.mode_coverage('8gaussians', truth)
+  assert full['modes_covered'] == 8 and full['num_modes'] == 8
+  assert full['fraction_in_modes'] > 0.98  # 3 std holds 98.9% of a 2-D normal
+  assert full['min_mode_share'] > 0.8
+  one_mode = np.tile(toy2d.modes('8gaussians')[:1], (100, 1))
+  collapsed = toy2d.mode_coverage('8gaussians', one_mode)
+  assert collapsed['modes_covered'] == 1 and collapsed['min_mode_share'] == 0
+  far = toy2d.mode_coverage('8gaussians', np.zeros((10, 2)))
+  assert far['fraction_in_modes'] == 0 and far['modes_covered'] == 0
+  with pytest.raises(ValueError, match='toy2d_name'):
+    toy2d.mode_coverage('rings', truth)
