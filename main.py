@@ -9,6 +9,7 @@ Restarting the same command on the same workdir resumes from its latest
 checkpoint.
 """
 
+import logging as std_logging
 import sys
 
 from absl import app
@@ -27,9 +28,18 @@ config_flags.DEFINE_config_file(
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+class _QuietCheckpointLogs(std_logging.Filter):
+  """Drops orbax's per-save INFO chatter; its warnings and errors still show."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return (record.levelno >= std_logging.WARNING or
+            '/orbax/' not in record.pathname.replace('\\', '/'))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError('Too many command-line arguments.')
+  logging.get_absl_handler().addFilter(_QuietCheckpointLogs())
   # Keep TensorFlow (used only by the input pipeline) off the accelerators.
   try:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
