@@ -1,0 +1,1 @@
+"""Tests of the dual-MCMC teaching reimplementation (run with pytest)."""

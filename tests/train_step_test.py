@@ -1,0 +1,287 @@
+"""Tests for dual_mcmc_jax/train_step.py and dual_mcmc_jax/train_state.py.
+
+Everything runs on the tiny `configs/test.py` networks. The train step is
+compiled once per config variant (module-scoped fixtures) because XLA
+compilation, not execution, dominates on CPU; states are copied before each
+call since the step donates its input state.
+"""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import test as test_config
+from dual_mcmc_jax import networks
+from dual_mcmc_jax import train_state as ts
+from dual_mcmc_jax import train_step as tstep
+
+_STEPS_PER_EPOCH = 100
+
+
+def _copy(tree):
+  return jax.tree.map(jnp.copy, tree)
+
+
+def _leaves_equal(a, b):
+  return all(np.array_equal(x, y)
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def _make_step(config, models, optimizers, max_traces=None):
+  fn = tstep.make_train_step(config, models, optimizers)
+  if max_traces is not None:
+    fn = chex.assert_max_traces(fn, n=max_traces)
+  return jax.jit(fn, donate_argnums=0)
+
+
+@pytest.fixture(scope='module')
+def setup():
+  config = test_config.get_config()
+  models = networks.create_models(config)
+  optimizers = ts.create_optimizers(config.optim, _STEPS_PER_EPOCH)
+  state = ts.create_train_state(models, optimizers, seed=0)
+  batch = jnp.asarray(np.random.default_rng(0).uniform(
+      -1, 1, (config.training.batch_size,) + models.data_shape), jnp.float32)
+  # Every test that uses `step` shares one trace: a second one would fail.
+  step = _make_step(config, models, optimizers, max_traces=1)
+  return config, models, optimizers, state, batch, step
+
+
+@pytest.fixture(scope='module')
+def one_step(setup):
+  """(state, metrics) after one step from the initial state."""
+  _, _, _, state, batch, step = setup
+  return step(_copy(state), batch)
+
+
+def test_one_step_is_finite_and_updates_everything(setup, one_step):
+  _, _, _, state, _, _ = setup
+  new_state, metrics = one_step
+  for name, value in metrics.items():
+    assert np.all(np.isfinite(value)), name
+  assert bool(metrics['healthy'])
+  assert int(new_state.step) == 1
+  for name in ('ebm', 'gen', 'inf'):
+    before = jax.tree_util.tree_leaves_with_path(getattr(state, name).params)
+    after = jax.tree.leaves(getattr(new_state, name).params)
+    for (path, old), new in zip(before, after):
+      assert not np.array_equal(old, new), (
+          f'{name}{jax.tree_util.keystr(path)} did not change')
+      assert np.all(np.isfinite(new))
+  # The EBM's power-iteration vectors and G's BatchNorm statistics move too.
+  assert not _leaves_equal(state.ebm.state, new_state.ebm.state)
+  assert not _leaves_equal(state.gen.state, new_state.gen.state)
+  # Learning rates of step 0 are the configured base rates.
+  np.testing.assert_allclose(metrics['lr_e'], 1e-4, rtol=1e-6)
+  np.testing.assert_allclose(metrics['lr_g'], 3e-4, rtol=1e-6)
+  np.testing.assert_allclose(metrics['lr_i'], 1e-4, rtol=1e-6)
+
+
+def test_z_chain_rec_start_is_the_reconstruction_error_of_z0(setup,
+                                                             one_step):
+  # The step recovers ||G(z0) - x||^2 per example from the z-chain's start
+  # energy w_rec ||G(z0) - x||^2 + w_prior ||z0||^2; recompute it directly.
+  config, models, _, state, batch, _ = setup
+  _, metrics = one_step
+  assert config.langevin_z.rule == 'reference'
+  k_q = jax.random.split(ts.step_key(state), 5)[2]
+  mu, logvar = models.inf.apply({'params': state.inf.params}, batch)
+  z0 = mu + jnp.exp(0.5 * logvar) * jax.random.normal(k_q, mu.shape)
+  # BatchNorm normalises with the batch's statistics, so G(z0) does not
+  # depend on the running statistics the step has updated by then.
+  g_z0, _ = models.gen.apply({'params': state.gen.params, **state.gen.state},
+                             z0, mutable=['batch_stats'])
+  rec = np.sum((np.asarray(g_z0, np.float64) - np.asarray(batch))**2)
+  b = batch.shape[0]
+  np.testing.assert_allclose(metrics['z_chain_rec_start'], rec / b, rtol=1e-4)
+  # A wrong prior weight would shift the metric by a multiple of this.
+  prior_shift = (0.5 * np.sum(np.square(z0)) / config.loss.prior_sigma**2
+                 * config.loss.sigma**2 / b)
+  assert prior_shift > 1e-3 * rec / b
+
+
+def test_step_compiles_once(setup):
+  _, _, _, state, batch, step = setup
+  s = _copy(state)
+  for _ in range(3):
+    s, metrics = step(s, batch)  # chex raises if `step` is traced again
+  assert int(s.step) == 3
+  assert bool(metrics['healthy'])
+
+
+def test_same_seed_and_batch_is_deterministic(setup):
+  _, models, optimizers, state, batch, step = setup
+  again = ts.create_train_state(models, optimizers, seed=0)
+  assert _leaves_equal(state, again)
+  a, b = _copy(state), again
+  for _ in range(2):
+    a, metrics_a = step(a, batch)
+    b, metrics_b = step(b, batch)
+  assert _leaves_equal(a, b)
+  assert _leaves_equal(metrics_a, metrics_b)
+
+
+def test_different_step_draws_different_noise(setup, one_step):
+  _, _, _, state, batch, step = setup
+  # Step 5 is in the same epoch, so the learning rates are the same and only
+  # the per-step randomness (fold_in(key, step)) differs.
+  later, metrics = step(_copy(state).replace(step=jnp.asarray(5, jnp.int32)),
+                        batch)
+  first, first_metrics = one_step
+  np.testing.assert_allclose(metrics['lr_g'], first_metrics['lr_g'])
+  for name in ('ebm', 'gen', 'inf'):
+    assert not _leaves_equal(getattr(later, name).params,
+                             getattr(first, name).params), name
+  key_data = lambda s: np.asarray(jax.random.key_data(ts.step_key(s)))
+  assert not np.array_equal(key_data(state),
+                            key_data(state.replace(step=jnp.asarray(5))))
+
+
+def test_nan_batch_is_unhealthy(setup):
+  _, _, _, state, batch, step = setup
+  _, metrics = step(_copy(state), batch.at[0, 3, 4, 0].set(jnp.nan))
+  assert not bool(metrics['healthy'])
+
+
+@pytest.fixture(scope='module')
+def converged_sn(setup):
+  """The initial state with converged spectral-norm vectors, and one step.
+
+  Every EBM forward pass runs a power iteration, so chains of different
+  lengths leave different spectral-norm estimates behind and E(x) differs
+  for that reason alone. Converging u first makes further iterations no-ops,
+  which isolates the effect of the negatives on the EBM update.
+  """
+  _, models, _, state, batch, step = setup
+
+  @jax.jit
+  def converge(params, sn_state):
+    def body(_, s):
+      _, vs = models.ebm.apply({'params': params, **s}, batch,
+                               update_stats=True, mutable=['batch_stats'])
+      return dict(vs)
+    return jax.lax.fori_loop(0, 300, body, sn_state)
+
+  sn_state = converge(state.ebm.params, state.ebm.state)
+  state = state.replace(ebm=state.ebm.replace(state=sn_state))
+  return state, step(_copy(state), batch)
+
+
+def test_single_x_chain_differs_only_in_the_ebm_update(setup, converged_sn):
+  _, models, optimizers, _, batch, _ = setup
+  state, (s_double, m_double) = converged_sn
+  config = test_config.get_config()
+  config.training.second_x_chain = False
+  single = _make_step(config, models, optimizers)
+  s_single, m_single = single(_copy(state), batch)
+  assert bool(m_single['healthy'])
+  # Steps 1-4 (chains, G and I updates) are the same computation ...
+  for name in ('gen', 'inf'):
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        getattr(s_single, name).params, getattr(s_double, name).params)
+  for k in ('loss_g', 'loss_i', 'energy_data'):
+    np.testing.assert_allclose(m_single[k], m_double[k], rtol=1e-4)
+  # ... but the EBM sees different negatives: x1 instead of Tx(G'(z)).
+  assert m_single['energy_x_revised'] != m_double['energy_x_revised']
+  assert not _leaves_equal(s_single.ebm.params, s_double.ebm.params)
+
+
+def test_ebm_loss_depends_on_the_x_chain(setup, converged_sn):
+  _, models, optimizers, _, batch, _ = setup
+  state, (_, metrics_chain) = converged_sn
+  config = test_config.get_config()
+  config.langevin_x.steps = 0  # negatives straight from the generator
+  no_chain = _make_step(config, models, optimizers)
+  _, metrics = no_chain(_copy(state), batch)
+  temperature = (0.001 / 0.5)**2
+  d_data = abs(float(metrics['energy_data'] - metrics_chain['energy_data']))
+  d_loss = abs(float(metrics['loss_e'] - metrics_chain['loss_e']))
+  # The data term is unchanged (to float32 rounding), so the change in the
+  # loss comes from the negatives.
+  assert d_data < 1e-6
+  assert d_loss > 100 * d_data / temperature
+  assert d_loss > 1e-2
+
+
+# ----------------------------------------------------------------------------
+# Optimisers.
+# ----------------------------------------------------------------------------
+
+
+def _torch_adam(params, grads_seq, lrs, wd, b1, b2, eps):
+  """PyTorch's Adam (weight_decay = coupled L2), written out in numpy."""
+  p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  m = {k: np.zeros_like(v) for k, v in p.items()}
+  v = {k: np.zeros_like(x) for k, x in p.items()}
+  for t, (grads, lr) in enumerate(zip(grads_seq, lrs), start=1):
+    for k in p:
+      g = np.asarray(grads[k], np.float64) + wd * p[k]
+      m[k] = b1 * m[k] + (1 - b1) * g
+      v[k] = b2 * v[k] + (1 - b2) * g * g
+      m_hat = m[k] / (1 - b1**t)
+      v_hat = v[k] / (1 - b2**t)
+      p[k] = p[k] - lr * m_hat / (np.sqrt(v_hat) + eps)
+  return p
+
+
+@pytest.mark.parametrize('b1', [0.0, 0.5])
+def test_adam_with_coupled_weight_decay_matches_pytorch(b1):
+  rng = np.random.default_rng(0)
+  params = {'a': rng.normal(size=(3,)), 'b': rng.normal(size=(2, 2))}
+  grads_seq = [{k: 0.01 * rng.normal(size=v.shape) for k, v in params.items()}
+               for _ in range(3)]
+  lr, wd = 1e-2, 0.1  # a large wd so coupled and decoupled clearly differ
+  schedule = ts.create_learning_rate_fn(lr, 0.5, steps_per_epoch=2)
+  tx = ts.create_optimizer(schedule, wd, b1, 0.9, 1e-8)
+  p = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+  opt_state = tx.init(p)
+  for grads in grads_seq:
+    updates, opt_state = tx.update(
+        jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), grads),
+        opt_state, p)
+    p = optax.apply_updates(p, updates)
+  # Updates 0 and 1 use lr, update 2 (second epoch) uses lr * 0.5.
+  expected = _torch_adam(params, grads_seq, [lr, lr, 0.5 * lr], wd, b1, 0.9,
+                         1e-8)
+  for k in params:
+    np.testing.assert_allclose(p[k], expected[k], rtol=1e-5, atol=1e-7)
+  # Decoupled (AdamW-style) decay would land elsewhere.
+  adamw = optax.adamw(lr, b1=b1, b2=0.9, eps=1e-8, weight_decay=wd)
+  q = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+  s = adamw.init(q)
+  updates, _ = adamw.update(
+      jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), grads_seq[0]), s, q)
+  first = _torch_adam(params, grads_seq[:1], [lr], wd, b1, 0.9, 1e-8)
+  assert max(np.max(np.abs(np.asarray(optax.apply_updates(q, updates)[k])
+                           - first[k])) for k in params) > 1e-4
+
+
+def test_default_optimizers_decay_g_and_i_but_not_e():
+  config = test_config.get_config()
+  opt = ts.create_optimizers(config.optim, _STEPS_PER_EPOCH)
+  params = {'w': jnp.ones((4,))}
+  zeros = {'w': jnp.zeros((4,))}
+  for tx, decays in ((opt.ebm, False), (opt.gen, True), (opt.inf, True)):
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    # With zero gradient only the decay term moves the parameters; Adam then
+    # normalises it to a step of size lr against the sign of the parameter.
+    if decays:
+      assert np.all(np.asarray(updates['w']) < 0)
+    else:
+      np.testing.assert_array_equal(updates['w'], 0.0)
+  assert float(opt.lr_gen(0)) == pytest.approx(3e-4)
+  assert float(opt.lr_ebm(0)) == pytest.approx(1e-4)
+  assert float(opt.lr_inf(0)) == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize('epoch', [0, 1, 2, 7, 300])
+def test_learning_rate_decays_once_per_epoch(epoch):
+  spe = 50
+  fn = ts.create_learning_rate_fn(1e-4, 0.998, spe)
+  expected = 1e-4 * 0.998**epoch
+  for offset in (0, 1, spe // 2, spe - 1):
+    np.testing.assert_allclose(fn(epoch * spe + offset), expected, rtol=1e-5)
