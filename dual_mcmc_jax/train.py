@@ -17,6 +17,7 @@ from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -24,6 +25,7 @@ import orbax.checkpoint as ocp
 
 from dual_mcmc_jax import input_pipeline
 from dual_mcmc_jax import networks
+from dual_mcmc_jax import sharding
 from dual_mcmc_jax import train_state as ts
 from dual_mcmc_jax import train_step as train_step_lib
 from dual_mcmc_jax import visualize
@@ -193,10 +195,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                'training steps %d -> %d', params['ebm'], params['gen'],
                params['inf'], steps_per_epoch, start_step, total_steps)
 
+  # Data parallel over every device: state replicated, batch split.
+  mesh = sharding.data_mesh()
+  state = sharding.replicate(state, mesh)
   train_step = jax.jit(
       train_step_lib.make_train_step(config, models, optimizers),
-      donate_argnums=0)
-  sample_fn = jax.jit(train_step_lib.make_sample_fn(config, models))
+      donate_argnums=0, out_shardings=sharding.replicated(mesh))
+  sample_fn = jax.jit(train_step_lib.make_sample_fn(config, models),
+                      out_shardings=sharding.replicated(mesh))
   train_iter = input_pipeline.create_train_iterator(config,
                                                     start_step=start_step)
   report = periodic_actions.ReportProgress(num_train_steps=total_steps,
@@ -212,10 +218,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   step = start_step
   with metric_writers.ensure_flushes(writer):
     for step in range(start_step + 1, total_steps + 1):
-      batch = next(train_iter)
+      local_batch = next(train_iter)
       if fixed_batch is None:
-        fixed_batch = np.asarray(batch[:n_img])
-      state, metrics = train_step(state, batch)
+        # The same grid batch on every host: process 0's first images.
+        fixed_batch = sharding.replicate(
+            multihost_utils.broadcast_one_to_all(
+                np.asarray(local_batch[:n_img])), mesh)
+      state, metrics = train_step(state,
+                                  sharding.shard_batch(local_batch, mesh))
       # Check the previous step while this one runs: one step of lag keeps
       # the host from stalling the device queue every iteration.
       if prev is not None:
