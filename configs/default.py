@@ -102,6 +102,9 @@ def get_config() -> ml_collections.ConfigDict:
   training.num_epochs = 301
   training.num_train_steps = -1  # Overrides num_epochs when > 0.
   training.seed = 1
+  # Network compute dtype: 'float32' or 'bfloat16' (mixed precision: params,
+  # optimiser states, Langevin iterates and energies stay float32).
+  training.compute_dtype = 'float32'
   # Run a second x-chain from the updated generator for the EBM update (the
   # reference's "fine_tune"); False is the paper's Algorithm 1.
   training.second_x_chain = True

@@ -565,16 +565,31 @@ class Models:
   nz: int
 
 
-def create_models(config, dtype: Dtype = jnp.float32) -> Models:
+COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def compute_dtype(config) -> Dtype:
+  """`config.training.compute_dtype` as a jnp dtype (float32 if absent)."""
+  name = config.training.get('compute_dtype', 'float32')
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f'config.training.compute_dtype={name!r} is unknown; '
+                     f'allowed: {", ".join(COMPUTE_DTYPES)}')
+  return COMPUTE_DTYPES[name]
+
+
+def create_models(config, dtype: Dtype | None = None) -> Models:
   """Maps `config.model` / `config.data` onto the three modules.
 
   Args:
     config: the experiment ConfigDict.
-    dtype: compute dtype of the networks (parameters stay float32).
+    dtype: compute dtype of the networks (parameters stay float32); defaults
+      to `config.training.compute_dtype`.
 
   Returns:
     A `Models` holding the EBM, generator and inference modules.
   """
+  if dtype is None:
+    dtype = compute_dtype(config)
   m, d = config.model, config.data
   if m.arch not in ARCHS:
     raise ValueError(

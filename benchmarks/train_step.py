@@ -1,0 +1,278 @@
+"""Times the real train step on synthetic batches (no TensorFlow, no dataset).
+
+  python benchmarks/train_step.py --config=configs/cifar10.py --iters=10
+  python benchmarks/train_step.py --config=configs/cifar10.py \
+      --config.model.ngf=64 --config.model.nef=64 --config.model.nif=32 \
+      --config.training.batch_size=16 --iters=5 --sweep
+  python benchmarks/train_step.py --config=configs/cifar10.py --baseline=torch
+
+Builds the step exactly as training does (same models, optimisers, sharding
+over all local devices, donated state), compiles it once, then times `--iters`
+iterations, each blocked until the device is done. Prints a table and, as the
+last line, one JSON object: sec_per_iter_median / _min, compile_sec,
+flops_per_iter (XLA cost analysis, chain loops multiplied out: see
+`count_flops`), achieved_tflops,
+peak_memory_bytes (device memory statistics where the backend has them,
+process peak RSS on the CPU), the compiled program's temporary buffer size,
+devices, dtype and the config fields that matter.
+
+`--sweep` rebuilds the step for several batch sizes, x-chain lengths
+(10 / 30 / 60 / 120) and widths and prints how time and memory grow; XLA's
+memory analysis of each compiled program shows that the chain's memory does
+not grow with its length (the chains are fori_loops that keep no trajectory).
+
+`--baseline=torch` also times the reference iteration written in PyTorch
+(dual_mcmc_jax/torch_reference.py, optional dependency) at the same sizes on
+the same machine and prints the JAX / PyTorch time ratio.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from typing import Any
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from dual_mcmc_jax import networks
+from dual_mcmc_jax import sharding
+from dual_mcmc_jax import train_state as ts
+from dual_mcmc_jax import train_step as train_step_lib
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Experiment config.')
+flags.DEFINE_integer('iters', 10, 'Timed iterations after compilation.')
+flags.DEFINE_integer('warmup', 1, 'Untimed iterations after compilation.')
+flags.DEFINE_bool('sweep', False, 'Also sweep batch, chain length, width.')
+flags.DEFINE_enum('baseline', 'none', ['none', 'torch'],
+                  'Also time the PyTorch reference iteration.')
+flags.DEFINE_string('profile_dir', None,
+                    'Write a jax.profiler trace of the timed iterations here.')
+flags.mark_flags_as_required(['config'])
+
+
+def _cost_flops(cost: Any) -> float:
+  if isinstance(cost, (list, tuple)):  # older jax: one dict per program
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get('flops', float('nan')))
+
+
+def _lowered_flops(config: ml_collections.ConfigDict, x_steps: int,
+                   z_steps: int) -> float:
+  """XLA's flop estimate of the step with the given chain lengths."""
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.langevin_x.steps, c.langevin_z.steps = x_steps, z_steps
+  models = networks.create_models(c)
+  optimizers = ts.create_optimizers(c.optim, steps_per_epoch=500)
+  state = jax.eval_shape(
+      lambda: ts.create_train_state(models, optimizers, 0))
+  batch = jax.ShapeDtypeStruct(
+      (int(c.training.batch_size),) + models.data_shape, jnp.float32)
+  step = jax.jit(train_step_lib.make_train_step(c, models, optimizers))
+  return _cost_flops(step.lower(state, batch).cost_analysis())
+
+
+def count_flops(config: ml_collections.ConfigDict) -> dict[str, float]:
+  """Flops of one iteration, chain loops included.
+
+  XLA's cost analysis counts a while loop's body once, whatever its trip
+  count, so the step is analysed with chains of 0 and 1 steps and the
+  per-step costs are multiplied out:
+  total = C(0, 0) + n_x * (C(1, 0) - C(0, 0)) + n_z * (C(0, 1) - C(0, 0)).
+
+  Args:
+    config: experiment config.
+
+  Returns:
+    {'flops_per_iter', 'flops_outside_chains', 'flops_per_x_step' (summed
+    over the x-chains of one iteration), 'flops_per_z_step'}.
+  """
+  base = _lowered_flops(config, 0, 0)
+  per_x = _lowered_flops(config, 1, 0) - base
+  per_z = _lowered_flops(config, 0, 1) - base
+  total = (base + int(config.langevin_x.steps) * per_x +
+           int(config.langevin_z.steps) * per_z)
+  return {'flops_per_iter': total, 'flops_outside_chains': base,
+          'flops_per_x_step': per_x, 'flops_per_z_step': per_z}
+
+
+def _temp_bytes(compiled: Any) -> int | None:
+  try:
+    mem = compiled.memory_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  return None if mem is None else int(mem.temp_size_in_bytes)
+
+
+def peak_memory_bytes() -> tuple[int, str]:
+  """Peak device memory if the backend reports it, else process peak RSS."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:
+    return int(stats['peak_bytes_in_use']), 'device_peak_bytes_in_use'
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  scale = 1 if sys.platform == 'darwin' else 1024  # Linux reports KiB.
+  return int(rss * scale), 'process_peak_rss'
+
+
+def benchmark(config: ml_collections.ConfigDict, iters: int, warmup: int = 1,
+              profile_dir: str | None = None) -> dict[str, Any]:
+  """Compiles and times the train step of `config`.
+
+  Args:
+    config: experiment config (its data fields only give the batch shape).
+    iters: timed iterations.
+    warmup: untimed iterations after compilation.
+    profile_dir: optional jax.profiler trace directory.
+
+  Returns:
+    A dict of measurements and config fields.
+  """
+  models = networks.create_models(config)
+  optimizers = ts.create_optimizers(config.optim, steps_per_epoch=500)
+  mesh = sharding.data_mesh()
+  state = sharding.replicate(
+      ts.create_train_state(models, optimizers, int(config.training.seed)),
+      mesh)
+  b = int(config.training.batch_size)
+  rng = np.random.default_rng(0)
+  batch = sharding.shard_batch(
+      rng.uniform(-1, 1, (b,) + models.data_shape).astype(np.float32), mesh)
+  step = jax.jit(train_step_lib.make_train_step(config, models, optimizers),
+                 donate_argnums=0, out_shardings=sharding.replicated(mesh))
+  t0 = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_sec = time.perf_counter() - t0
+  for _ in range(warmup):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready(state)
+  times = []
+  if profile_dir:
+    jax.profiler.start_trace(profile_dir)
+  for _ in range(iters):
+    t0 = time.perf_counter()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - t0)
+  if profile_dir:
+    jax.profiler.stop_trace()
+  flop_counts = count_flops(config)
+  flops = flop_counts['flops_per_iter']
+  median = statistics.median(times)
+  peak, peak_kind = peak_memory_bytes()
+  n_params = {k: networks.count_params(getattr(state, k).params)
+              for k in ('ebm', 'gen', 'inf')}
+  return {
+      'sec_per_iter_median': median,
+      'sec_per_iter_min': min(times),
+      'compile_sec': compile_sec,
+      **flop_counts,
+      'achieved_tflops': flops / median / 1e12,
+      'peak_memory_bytes': peak,
+      'peak_memory_kind': peak_kind,
+      'compiled_temp_bytes': _temp_bytes(compiled),
+      'devices': jax.device_count(),
+      'device_kind': jax.devices()[0].device_kind,
+      'platform': jax.devices()[0].platform,
+      'dtype': str(config.training.get('compute_dtype', 'float32')),
+      'arch': config.model.arch,
+      'image_size': int(config.data.image_size),
+      'ngf': int(config.model.ngf),
+      'nef': int(config.model.nef),
+      'nif': int(config.model.nif),
+      'nz': int(config.model.nz),
+      'batch_size': b,
+      'langevin_x_steps': int(config.langevin_x.steps),
+      'langevin_z_steps': int(config.langevin_z.steps),
+      'second_x_chain': bool(config.training.second_x_chain),
+      'params_ebm': n_params['ebm'],
+      'params_gen': n_params['gen'],
+      'params_inf': n_params['inf'],
+      'iters': iters,
+      'healthy': bool(metrics['healthy']),
+  }
+
+
+def _row(label: str, r: dict[str, Any]) -> str:
+  temp = r['compiled_temp_bytes']
+  temp_mb = f'{temp / 2**20:10.1f}' if temp is not None else '       n/a'
+  return (f'{label:<28} {r["sec_per_iter_median"]:10.4f} '
+          f'{r["sec_per_iter_min"]:10.4f} {r["flops_per_iter"] / 1e9:12.1f} '
+          f'{r["achieved_tflops"]:9.3f} {temp_mb} {r["compile_sec"]:9.1f}')
+
+
+HEADER = (f'{"setting":<28} {"median s":>10} {"min s":>10} {"GFLOP/iter":>12} '
+          f'{"TFLOP/s":>9} {"temp MiB":>10} {"compile s":>9}')
+
+
+def sweep(config: ml_collections.ConfigDict, iters: int) -> list[dict[str, Any]]:
+  """Batch size, x-chain length and width sweeps around `config`."""
+  rows = []
+  print('\nSweep (each row recompiles; temp MiB = XLA temporary buffers of the '
+        'compiled step)')
+  print(HEADER)
+  b = int(config.training.batch_size)
+  n_dev = jax.device_count()
+  variants = []
+  for bs in sorted({max(n_dev, (b // 4) // n_dev * n_dev),
+                    max(n_dev, (b // 2) // n_dev * n_dev), b}):
+    variants.append((f'batch_size={bs}', {'training.batch_size': bs}))
+  for steps in (10, 30, 60, 120):
+    variants.append((f'langevin_x.steps={steps}', {'langevin_x.steps': steps}))
+  for scale in (0.5, 1.0, 2.0):
+    w = {k: max(1, int(config.model[k] * scale)) for k in ('ngf', 'nef')}
+    variants.append((f'ngf=nef={w["nef"]}',
+                     {'model.ngf': w['ngf'], 'model.nef': w['nef']}))
+  for label, overrides in variants:
+    c = ml_collections.ConfigDict(config.to_dict())
+    for key, value in overrides.items():
+      group, field = key.split('.')
+      c[group][field] = value
+    r = benchmark(c, iters, warmup=1)
+    r['setting'] = label
+    rows.append(r)
+    print(_row(label, r), flush=True)
+  return rows
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+  result = benchmark(config, FLAGS.iters, FLAGS.warmup, FLAGS.profile_dir)
+  print(f'devices: {result["devices"]} x {result["device_kind"]} '
+        f'({result["platform"]}), dtype {result["dtype"]}, params E '
+        f'{result["params_ebm"]:,} G {result["params_gen"]:,} I '
+        f'{result["params_inf"]:,}')
+  print(HEADER)
+  print(_row('jax', result))
+  if FLAGS.baseline == 'torch':
+    from dual_mcmc_jax import torch_reference  # pylint: disable=g-import-not-at-top
+    torch_result = torch_reference.benchmark_reference_step(
+        config, FLAGS.iters, FLAGS.warmup)
+    result['torch_sec_per_iter_median'] = torch_result['sec_per_iter_median']
+    result['torch_sec_per_iter_min'] = torch_result['sec_per_iter_min']
+    result['torch_device'] = torch_result['device']
+    result['jax_over_torch_time_ratio'] = (
+        result['sec_per_iter_median'] / torch_result['sec_per_iter_median'])
+    print(f'{"torch (reference iteration)":<28} '
+          f'{torch_result["sec_per_iter_median"]:10.4f} '
+          f'{torch_result["sec_per_iter_min"]:10.4f}')
+    print(f'JAX / PyTorch time ratio: {result["jax_over_torch_time_ratio"]:.3f}')
+  if FLAGS.sweep:
+    result['sweep'] = sweep(config, max(1, min(FLAGS.iters, 3)))
+  print(json.dumps(result))
+
+
+if __name__ == '__main__':
+  app.run(main)
