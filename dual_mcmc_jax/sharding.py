@@ -13,6 +13,7 @@ global array.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -55,3 +56,25 @@ def shard_batch(local_batch: np.ndarray, mesh: Mesh) -> jax.Array:
   """
   return jax.make_array_from_process_local_data(batch_sharding(mesh),
                                                 local_batch)
+
+
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+  """Joins a multi-process JAX run (call before any other JAX use).
+
+  With no arguments JAX detects the cluster (SLURM, Cloud TPU, Open MPI, GKE
+  and others); otherwise all three name the coordinator and this process. On
+  the CPU backend, cross-process collectives use gloo.
+
+  Args:
+    coordinator_address: 'host:port' of process 0.
+    num_processes: total number of processes.
+    process_id: this process's index.
+  """
+  if jax.config.jax_platforms in ('cpu',) or os.environ.get(
+      'JAX_PLATFORMS', '') == 'cpu':
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes,
+                             process_id=process_id)
