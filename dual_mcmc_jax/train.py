@@ -8,8 +8,9 @@ deterministic in (seed, step)).
 
 from __future__ import annotations
 
-import json
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -212,6 +213,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   sample_key = jax.random.key(int(config.training.seed) + 1)
   fixed_batch = None
 
+  preemption = _SigtermFlag()
   pending: list[dict[str, jax.Array]] = []
   prev: tuple[int, dict[str, jax.Array]] | None = None
   t_log = time.time()
@@ -248,14 +250,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           write_samples(writer, step,
                         sample_fn(state, jax.random.fold_in(sample_key, step),
                                   fixed_batch), info.shape, workdir)
-      if step % config.training.checkpoint_every_steps == 0 or is_last:
+      stop = preemption.requested
+      if (step % config.training.checkpoint_every_steps == 0 or is_last or
+          stop):
         # Never save a state produced by an unhealthy step.
         _check_health(step, metrics, limit, manager)
         with report.timed('checkpoint'):
           manager.save(step, args=ocp.args.StandardSave(state))
+      if stop:
+        logging.warning('SIGTERM received: saved a checkpoint at step %d; '
+                        'rerun the same command to resume.', step)
+        break
   manager.wait_until_finished()
+  preemption.restore()
   logging.info('Finished training at step %d.', step)
   return state
+
+
+class _SigtermFlag:
+  """Turns SIGTERM (pre-emption) into a flag the loop checks every step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def restore(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
 
 
 def _check_health(step: int, metrics: dict[str, jax.Array], limit: float,

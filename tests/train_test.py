@@ -149,3 +149,28 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path):
   assert out.returncode == 0, out.stderr[-2000:]
   assert 'Resuming from checkpoint at step' in out.stderr
   assert os.path.isdir(os.path.join(ckpt_dir, '12'))
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+  workdir = str(tmp_path / 'run')
+  cmd = [sys.executable, 'main.py', '--config=configs/test.py',
+         f'--workdir={workdir}', '--config.training.num_train_steps=100000',
+         '--config.model.arch=simple',
+         '--config.training.checkpoint_every_steps=100000',
+         '--config.training.image_every_steps=100000']
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 240
+  while time.time() < deadline and not os.path.exists(
+      os.path.join(workdir, 'config.json')):
+    time.sleep(0.2)
+  time.sleep(2)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-2000:]
+  assert 'SIGTERM received' in err
+  saved = [int(os.path.basename(p)) for p in
+           glob.glob(os.path.join(workdir, 'checkpoints', '*'))
+           if os.path.basename(p).isdigit()]
+  assert len(saved) == 1 and 1 <= saved[0] < 100000
