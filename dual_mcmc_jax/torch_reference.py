@@ -1,0 +1,496 @@
+"""The reference implementation's residual nets and iteration, in PyTorch.
+
+An independent statement of REFERENCE.md (sections 4 and 5) in PyTorch, used
+to generate the golden fixtures of `tests/agreement_test.py`, to write real
+`.pth` files in the import tests, and as the PyTorch side of speed
+comparisons. It does not import the JAX library: the layouts below are
+written from REFERENCE.md, not derived from `networks.py`, so that an error
+in one is not silently shared by the other.
+
+This module needs PyTorch, which is an optional dependency of the project
+(`pip install torch`); nothing in the library or in CI imports it.
+
+State-dict layout (the key names `import_torch.py` expects; the authors'
+checkpoint {'epoch', 'netG', 'netE', 'netI', 'optG', 'optE', 'optI'} holds
+these state dicts). `i` counts blocks from the input side.
+
+* netG (`ResGenerator`): `fc.{weight,bias}` (Linear nz -> 16 * C0, viewed as
+  [B, C0, 4, 4]); per up-block `blocks.i.bn1`, `blocks.i.conv1`,
+  `blocks.i.bn2`, `blocks.i.conv2`, `blocks.i.shortcut` (1x1 conv after the
+  upsampling); then `bn_out`, `conv_out`. Convs carry biases; BatchNorm
+  layers hold `weight`, `bias`, `running_mean`, `running_var`,
+  `num_batches_tracked`.
+* netE (`ResEBM`): `blocks.i.conv1`, `blocks.i.conv2`, `blocks.i.shortcut`
+  (absent on the CIFAR layout's last two blocks, whose shortcut is the
+  identity), then `fc` (Linear nef -> 1). No biases. Every layer goes through
+  the old `torch.nn.utils.spectral_norm` API and stores `weight_orig`,
+  `weight_u` and `weight_v`.
+* netI (`ResInference`): `conv0` ... `convK` (no bias), then the heads
+  `mu.{weight,bias}` and `logvar.{weight,bias}` (4x4 valid convs).
+
+Tensors follow PyTorch conventions: images [B, C, H, W], latents
+[B, nz, 1, 1] (a [B, nz] latent is accepted and viewed as such), conv
+weights [out, in, kh, kw], linear weights [out, in].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+Tensor = torch.Tensor
+
+# --------------------------------------------------------------------------
+# Layouts (REFERENCE.md section 5, generalised to other power-of-two sizes).
+# --------------------------------------------------------------------------
+
+
+def _log2(n: int) -> int:
+  k = int(round(math.log2(n)))
+  if 2**k != n or n < 8:
+    raise ValueError(f'image size must be a power of two >= 8, got {n}')
+  return k
+
+
+def generator_widths(ngf: int, image_size: int, style: str) -> list[int]:
+  """Channels at 4x4, 8x8, ..., image_size."""
+  n_up = _log2(image_size) - 2
+  if style == 'cifar':
+    return [ngf] * (n_up + 1)
+  return [max(ngf // 2**i, 1) for i in range(n_up + 1)]
+
+
+def ebm_layout(nef: int, image_size: int,
+               style: str) -> list[tuple[int, int, bool]]:
+  """(in channels, out channels, downsample) per block; channels in = 3."""
+  if style == 'cifar':
+    outs = [(nef, True), (nef, True), (nef, False), (nef, False)]
+  else:
+    n = _log2(image_size) - 1  # Every block halves: image_size -> 2x2.
+    outs = [(max(nef // 2**(n - 1 - i), 1), True) for i in range(n)]
+  layout, cin = [], None
+  for cout, down in outs:
+    layout.append((cin, cout, down))
+    cin = cout
+  return layout
+
+
+def inference_widths(nif: int, image_size: int, style: str) -> list[int]:
+  """Channels of conv0, conv1, ...; the last one runs at 4x4."""
+  n_down = _log2(image_size) - 2  # Stride-2 convs needed to reach 4x4.
+  if style != 'cifar':
+    n_down -= 1  # conv0 is already 4x4 stride 2.
+  return [nif] + [nif * min(2**(i + 1), 8) for i in range(n_down)]
+
+
+# --------------------------------------------------------------------------
+# Modules.
+# --------------------------------------------------------------------------
+
+
+def reference_init_(module: nn.Module) -> None:
+  """The reference's weights_init: Xavier-normal convs, BN scale ~ N(0, 1).
+
+  Linear layers and conv biases keep PyTorch's defaults. For spectrally
+  normalised layers the raw weight (`weight_orig`) is initialised.
+
+  Args:
+    module: one submodule (use with `net.apply(reference_init_)`).
+  """
+  if isinstance(module, nn.Conv2d):
+    w = module.weight_orig if hasattr(module, 'weight_orig') else module.weight
+    nn.init.xavier_normal_(w)
+  elif isinstance(module, nn.BatchNorm2d):
+    nn.init.normal_(module.weight, 0.0, 1.0)
+    nn.init.zeros_(module.bias)
+
+
+def _sn(layer: nn.Module, enabled: bool) -> nn.Module:
+  # The old (parametrize-free) API: its state dict keys are weight_orig,
+  # weight_u, weight_v, as in the authors' checkpoints.
+  return nn.utils.spectral_norm(layer) if enabled else layer
+
+
+def _up(x: Tensor) -> Tensor:
+  return F.interpolate(x, scale_factor=2, mode='bilinear', align_corners=True)
+
+
+class GenUpBlock(nn.Module):
+  """BN-ReLU-up-conv3-BN-ReLU-conv3, plus up-conv1x1 shortcut."""
+
+  def __init__(self, cin: int, cout: int):
+    super().__init__()
+    self.bn1 = nn.BatchNorm2d(cin)
+    self.conv1 = nn.Conv2d(cin, cout, 3, 1, 1)
+    self.bn2 = nn.BatchNorm2d(cout)
+    self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1)
+    self.shortcut = nn.Conv2d(cin, cout, 1, 1, 0)
+
+  def forward(self, x: Tensor) -> Tensor:
+    h = self.conv1(_up(F.relu(self.bn1(x))))
+    h = self.conv2(F.relu(self.bn2(h)))
+    return h + self.shortcut(_up(x))
+
+
+class ResGenerator(nn.Module):
+  """G(z): linear to 4x4, residual up-blocks, BN-ReLU-conv3-tanh."""
+
+  def __init__(self, nz: int, ngf: int, image_size: int = 32,
+               style: str = 'cifar', num_channels: int = 3):
+    super().__init__()
+    widths = generator_widths(ngf, image_size, style)
+    self.nz, self.c0 = nz, widths[0]
+    self.fc = nn.Linear(nz, 4 * 4 * widths[0])
+    self.blocks = nn.ModuleList(
+        GenUpBlock(a, b) for a, b in zip(widths[:-1], widths[1:]))
+    self.bn_out = nn.BatchNorm2d(widths[-1])
+    self.conv_out = nn.Conv2d(widths[-1], num_channels, 3, 1, 1)
+    self.apply(reference_init_)
+
+  def forward(self, z: Tensor) -> Tensor:
+    h = self.fc(z.reshape(z.shape[0], self.nz)).view(-1, self.c0, 4, 4)
+    for block in self.blocks:
+      h = block(h)
+    return torch.tanh(self.conv_out(F.relu(self.bn_out(h))))  # [B, C, H, W]
+
+
+class EbmBlock(nn.Module):
+  """EBM residual block; every conv bias-free and spectrally normalised."""
+
+  def __init__(self, cin: int, cout: int, downsample: bool, first: bool,
+               spectral_norm: bool = True):
+    super().__init__()
+    self.first, self.downsample = first, downsample
+    self.conv1 = _sn(nn.Conv2d(cin, cout, 3, 1, 1, bias=False), spectral_norm)
+    self.conv2 = _sn(nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+                     spectral_norm)
+    self.has_shortcut = first or downsample or cin != cout
+    if self.has_shortcut:
+      self.shortcut = _sn(nn.Conv2d(cin, cout, 1, 1, 0, bias=False),
+                          spectral_norm)
+
+  def forward(self, x: Tensor) -> Tensor:
+    h = x if self.first else F.relu(x)
+    h = self.conv2(F.relu(self.conv1(h)))
+    if self.downsample:
+      h = F.avg_pool2d(h, 2)
+    if self.first:  # Start block: pool first, then the 1x1 conv.
+      s = self.shortcut(F.avg_pool2d(x, 2))
+    elif self.has_shortcut:
+      s = self.shortcut(x)
+      if self.downsample:
+        s = F.avg_pool2d(s, 2)
+    else:
+      s = x
+    return h + s
+
+
+class ResEBM(nn.Module):
+  """E(x): residual blocks, ReLU, global average pool, linear -> energy."""
+
+  def __init__(self, nef: int, image_size: int = 32, style: str = 'cifar',
+               num_channels: int = 3, spectral_norm: bool = True):
+    super().__init__()
+    layout = ebm_layout(nef, image_size, style)
+    self.blocks = nn.ModuleList(
+        EbmBlock(num_channels if i == 0 else cin, cout, down, i == 0,
+                 spectral_norm)
+        for i, (cin, cout, down) in enumerate(layout))
+    self.fc = _sn(nn.Linear(layout[-1][1], 1, bias=False), spectral_norm)
+    self.apply(reference_init_)
+
+  def forward(self, x: Tensor) -> Tensor:
+    h = x
+    for block in self.blocks:
+      h = block(h)
+    h = F.relu(h).mean(dim=(2, 3))  # [B, nef]
+    return self.fc(h).view(-1)  # [B]
+
+
+class ResInference(nn.Module):
+  """q(z|x): LReLU conv stack to 4x4, then 4x4 valid conv heads."""
+
+  def __init__(self, nz: int, nif: int, image_size: int = 32,
+               style: str = 'cifar', num_channels: int = 3):
+    super().__init__()
+    widths = inference_widths(nif, image_size, style)
+    self.n_convs = len(widths)
+    if style == 'cifar':
+      self.conv0 = nn.Conv2d(num_channels, nif, 3, 1, 1, bias=False)
+    else:
+      self.conv0 = nn.Conv2d(num_channels, nif, 4, 2, 1, bias=False)
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+      setattr(self, f'conv{i + 1}', nn.Conv2d(a, b, 4, 2, 1, bias=False))
+    self.mu = nn.Conv2d(widths[-1], nz, 4, 1, 0)
+    self.logvar = nn.Conv2d(widths[-1], nz, 4, 1, 0)
+    self.apply(reference_init_)
+
+  def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    h = x
+    for i in range(self.n_convs):
+      h = F.leaky_relu(getattr(self, f'conv{i}')(h), 0.2)
+    return self.mu(h), self.logvar(h)  # [B, nz, 1, 1] each
+
+
+def build_nets(nz: int, ngf: int, nef: int, nif: int, image_size: int = 32,
+               style: str = 'cifar', num_channels: int = 3
+               ) -> tuple[ResGenerator, ResEBM, ResInference]:
+  """The three nets in train mode (the reference never switches them)."""
+  return (ResGenerator(nz, ngf, image_size, style, num_channels).train(),
+          ResEBM(nef, image_size, style, num_channels).train(),
+          ResInference(nz, nif, image_size, style, num_channels).train())
+
+
+# --------------------------------------------------------------------------
+# The iteration's pieces (REFERENCE.md section 4).
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ReferenceArgs:
+  """Hyper-parameters of one reference iteration (CIFAR-10 defaults)."""
+  nz: int = 128
+  x_steps: int = 30
+  s_x: float = 0.5
+  n_x: float = 0.001
+  z_steps: int = 10
+  s_z: float = 0.1
+  n_z: float = 0.1
+  sigma: float = 0.3
+  prior_sigma: float = 1.0
+  g_factor: float = 1.0
+  s_factor: float = 50.0
+  i_factor: float = 0.1
+  second_x_chain: bool = True  # The reference's "fine_tune".
+  energy_diff_limit: float = 1e4
+  lr_e: float = 1e-4
+  lr_g: float = 3e-4
+  lr_i: float = 1e-4
+  betas: tuple[float, float] = (0.0, 0.9)
+  wd_e: float = 0.0
+  wd_g: float = 5e-4
+  wd_i: float = 5e-4
+
+  @classmethod
+  def from_config(cls, config) -> 'ReferenceArgs':
+    """Reads the corresponding fields of an experiment ConfigDict."""
+    o = config.optim
+    return cls(
+        nz=int(config.model.nz), x_steps=int(config.langevin_x.steps),
+        s_x=float(config.langevin_x.step_size),
+        n_x=float(config.langevin_x.noise),
+        z_steps=int(config.langevin_z.steps),
+        s_z=float(config.langevin_z.step_size),
+        n_z=float(config.langevin_z.noise), sigma=float(config.loss.sigma),
+        prior_sigma=float(config.loss.prior_sigma),
+        g_factor=float(config.loss.g_factor),
+        s_factor=float(config.loss.s_factor),
+        i_factor=float(config.loss.i_factor),
+        second_x_chain=bool(config.training.second_x_chain),
+        energy_diff_limit=float(config.loss.energy_diff_limit),
+        lr_e=float(o.lr_e), lr_g=float(o.lr_g), lr_i=float(o.lr_i),
+        betas=(float(o.beta1), float(o.beta2)), wd_e=float(o.wd_e),
+        wd_g=float(o.wd_g), wd_i=float(o.wd_i))
+
+
+def make_optimizers(netG: nn.Module, netE: nn.Module, netI: nn.Module,
+                    args: ReferenceArgs
+                    ) -> dict[str, torch.optim.Optimizer]:
+  """Adam, betas (0, 0.9), coupled L2 weight decay; keys 'G', 'E', 'I'."""
+  adam = lambda net, lr, wd: torch.optim.Adam(  # pylint: disable=g-long-lambda
+      net.parameters(), lr=lr, betas=args.betas, weight_decay=wd)
+  return {'G': adam(netG, args.lr_g, args.wd_g),
+          'E': adam(netE, args.lr_e, args.wd_e),
+          'I': adam(netI, args.lr_i, args.wd_i)}
+
+
+def _as_latent(z: Tensor) -> Tensor:
+  return z.reshape(z.shape[0], -1, 1, 1)
+
+
+def x_langevin_step(netE: nn.Module, x: Tensor, s: float, n: float,
+                    noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
+  """x <- x - s^2/2 * d sum_b E(x_b) / dx + n * noise.
+
+  Args:
+    netE: the EBM (train mode: its spectral norm runs one power iteration).
+    x: current points, [B, C, H, W].
+    s, n: step size and noise scale.
+    noise: the standard-normal draw (zeros for a deterministic step); drawn
+      here if None.
+
+  Returns:
+    (new x detached, the energy gradient used).
+  """
+  x = x.detach().requires_grad_(True)
+  grad, = torch.autograd.grad(netE(x).sum(), x)
+  if noise is None:
+    noise = torch.randn_like(x)
+  return (x - 0.5 * s * s * grad + n * noise).detach(), grad
+
+
+def z_langevin_step(netG: nn.Module, z: Tensor, x: Tensor, s: float, n: float,
+                    sigma: float, prior_sigma: float,
+                    noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
+  """z <- z - s^2/2 (d ||G(z)-x||^2/dz / sigma^2 + z / prior_sigma^2) + n eps.
+
+  The authors' form: the reconstruction term has no 1/2, the prior term's
+  gradient is z / prior_sigma^2 (so it is ||z||^2 / (2 prior_sigma^2)).
+
+  Args:
+    netG: the generator (train mode, batch-statistics BatchNorm).
+    z: current latents, [B, nz, 1, 1] or [B, nz].
+    x: the data they explain, [B, C, H, W].
+    s, n: step size and noise scale.
+    sigma, prior_sigma: observation noise and prior scale.
+    noise: the standard-normal draw, or None to draw it here.
+
+  Returns:
+    (new z detached, the gradient used), both shaped like `z`.
+  """
+  z = z.detach().requires_grad_(True)
+  rec = torch.sum((netG(_as_latent(z)) - x)**2)
+  grad_rec, = torch.autograd.grad(rec, z)
+  grad = grad_rec / sigma**2 + z.detach() / prior_sigma**2
+  if noise is None:
+    noise = torch.randn_like(z)
+  return (z.detach() - 0.5 * s * s * grad + n * noise).detach(), grad
+
+
+def x_langevin(netE: nn.Module, x: Tensor, steps: int, s: float,
+               n: float) -> Tensor:
+  """Runs `steps` x-Langevin steps (the x-revision Tx)."""
+  for _ in range(steps):
+    x, _ = x_langevin_step(netE, x, s, n)
+  return x
+
+
+def z_langevin(netG: nn.Module, z: Tensor, x: Tensor, steps: int, s: float,
+               n: float, sigma: float, prior_sigma: float) -> Tensor:
+  """Runs `steps` z-Langevin steps (the z-revision Tz)."""
+  for _ in range(steps):
+    z, _ = z_langevin_step(netG, z, x, s, n, sigma, prior_sigma)
+  return z
+
+
+def gaussian_nll(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+  """Per-example NLL without the log(2 pi) constant, 1e-6 added to the var."""
+  z, mu, logvar = (t.reshape(t.shape[0], -1) for t in (z, mu, logvar))
+  return (0.5 * logvar.sum(1) +
+          0.5 * ((z - mu)**2 / (1e-6 + torch.exp(logvar))).sum(1))
+
+
+def generator_loss(netG: nn.Module, x: Tensor, z: Tensor, z1: Tensor,
+                   x1: Tensor, g_factor: float, s_factor: float,
+                   x0: Tensor | None = None) -> Tensor:
+  """Gfactor ||G(z1) - x||^2 / B + Sfactor ||x0 - x1||^2 / B, x0 = G(z).
+
+  Args:
+    netG: the generator.
+    x: data, [B, C, H, W]; z: the prior latents of the x-chain.
+    z1: z-revised latents of x; x1: x-revised samples (constants).
+    g_factor, s_factor: term weights.
+    x0: G(z) from the start of the x-chain, still attached to the graph (the
+      reference keeps it); recomputed here when None (same values).
+
+  Returns:
+    The scalar loss.
+  """
+  b = x.shape[0]
+  if x0 is None:
+    x0 = netG(_as_latent(z))
+  rec = torch.sum((netG(_as_latent(z1.detach())) - x)**2) / b
+  teach = torch.sum((x0 - x1.detach())**2) / b
+  return g_factor * rec + s_factor * teach
+
+
+def inference_loss(netI: nn.Module, x: Tensor, z1: Tensor, x1: Tensor,
+                   z: Tensor, g_factor: float, i_factor: float) -> Tensor:
+  """Gfactor mean NLL(z1 | I(x)) + Ifactor mean NLL(z | I(x1))."""
+  mu, logvar = netI(x)
+  mu_s, logvar_s = netI(x1.detach())
+  return (g_factor * gaussian_nll(z1.detach(), mu, logvar).mean() +
+          i_factor * gaussian_nll(z.detach(), mu_s, logvar_s).mean())
+
+
+def ebm_loss(netE: nn.Module, x: Tensor, x_neg: Tensor,
+             temperature: float) -> tuple[Tensor, Tensor]:
+  """(mean E(x) - mean E(x_neg)) / temperature; returns (loss, difference).
+
+  E(x) runs before E(x_neg): each pass runs one power iteration, so the
+  order decides which `u` each pass is normalised with.
+  """
+  diff = netE(x).mean() - netE(x_neg.detach()).mean()
+  return diff / temperature, diff
+
+
+def reference_train_step(netG: nn.Module, netE: nn.Module, netI: nn.Module,
+                         optimizers: dict[str, torch.optim.Optimizer] |
+                         Sequence[torch.optim.Optimizer], x: Tensor,
+                         args: ReferenceArgs) -> dict[str, Any]:
+  """One iteration of REFERENCE.md section 4 (both chains, three updates).
+
+  Args:
+    netG, netE, netI: the nets, in train mode.
+    optimizers: {'G', 'E', 'I'} (or a (G, E, I) sequence) of Adam optimisers,
+      e.g. from `make_optimizers`.
+    x: data batch, [B, C, H, W] in [-1, 1], on the nets' device.
+    args: the iteration's hyper-parameters.
+
+  Returns:
+    Metrics as Python floats, and 'healthy' (False where the reference
+    stops: a NaN loss or |mean E(x) - mean E(x1')| > energy_diff_limit).
+  """
+  if not isinstance(optimizers, dict):
+    optimizers = dict(zip('GEI', optimizers))
+  b = x.shape[0]
+  temperature = (args.n_x / args.s_x)**2
+
+  # 1. Generator proposal (kept in the graph for the generator loss) and its
+  #    x-revision under the current EBM.
+  z = torch.randn(b, args.nz, 1, 1, device=x.device)
+  x0 = netG(z)
+  x1 = x_langevin(netE, x0.detach(), args.x_steps, args.s_x, args.n_x)
+
+  # 2. Inference proposal and its z-revision under the current generator.
+  with torch.no_grad():
+    mu, logvar = netI(x)
+    z0 = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+  z1 = z_langevin(netG, z0, x, args.z_steps, args.s_z, args.n_z, args.sigma,
+                  args.prior_sigma)
+
+  # 3. Generator update.
+  loss_g = generator_loss(netG, x, z, z1, x1, args.g_factor, args.s_factor,
+                          x0=x0)
+  optimizers['G'].zero_grad(set_to_none=True)
+  loss_g.backward()
+  optimizers['G'].step()
+
+  # 4. Inference update.
+  loss_i = inference_loss(netI, x, z1, x1, z, args.g_factor, args.i_factor)
+  optimizers['I'].zero_grad(set_to_none=True)
+  loss_i.backward()
+  optimizers['I'].step()
+
+  # 5. EBM update, negatives from a second chain off the updated generator.
+  if args.second_x_chain:
+    with torch.no_grad():
+      x0_neg = netG(z)
+    x_neg = x_langevin(netE, x0_neg, args.x_steps, args.s_x, args.n_x)
+  else:
+    x_neg = x1
+  loss_e, diff = ebm_loss(netE, x, x_neg, temperature)
+  optimizers['E'].zero_grad(set_to_none=True)
+  loss_e.backward()
+  optimizers['E'].step()
+
+  losses = [loss_g.item(), loss_i.item(), loss_e.item()]
+  healthy = (all(math.isfinite(v) for v in losses) and
+             abs(diff.item()) <= args.energy_diff_limit)
+  return {'loss_g': losses[0], 'loss_i': losses[1], 'loss_e': losses[2],
+          'energy_diff': diff.item(), 'healthy': healthy}

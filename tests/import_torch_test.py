@@ -1,0 +1,414 @@
+"""Tests for dual_mcmc_jax/import_torch.py, the PyTorch checkpoint importer.
+
+Without PyTorch (as in CI) the reference state dicts come from the golden
+fixtures (tests/fixtures/, see scripts/make_golden_fixtures.py): the mapping
+and the orbax writer run end to end, `train.load_state` and the resume path
+of `main.py` read the result back, mismatching checkpoints are refused
+without writing anything, and a missing PyTorch gives one clear line. With
+PyTorch installed, real `.pth` files are round-tripped too, one at the
+paper's CIFAR-10 widths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+import pytest
+from flax import traverse_util
+
+from configs import celeba64 as celeba64_config
+from configs import cifar10 as cifar10_config
+from dual_mcmc_jax import import_torch
+from dual_mcmc_jax import networks
+from dual_mcmc_jax import train
+from dual_mcmc_jax import train_state as ts
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(REPO, 'tests', 'fixtures')
+
+
+def _section(arrays: Any, prefix: str) -> dict[str, np.ndarray]:
+  n = len(prefix) + 1
+  return {k[n:]: arrays[k] for k in arrays.files if k.startswith(prefix + '/')}
+
+
+def _config(style='cifar', image_size=32, nz=8, ngf=16, nef=16, nif=4):
+  config = (cifar10_config if style == 'cifar' else
+            celeba64_config).get_config()
+  config.data.image_size = image_size
+  m = config.model
+  m.nz, m.ngf, m.nef, m.nif = nz, ngf, nef, nif
+  return config
+
+
+def _fixture(name: str = 'cifar10'):
+  """(config, checkpoint dict of numpy state dicts, arrays) of a fixture."""
+  arrays = np.load(os.path.join(FIXTURES, f'golden_{name}.npz'))
+  meta = json.loads(str(arrays['meta']))
+  config = _config(meta['style'], meta['image_size'], meta['nz'], meta['ngf'],
+                   meta['nef'], meta['nif'])
+  checkpoint = {'epoch': 3}
+  for net, _, _ in import_torch.NETS:
+    checkpoint[net] = _section(arrays, f'init/{net}')
+  return config, checkpoint, arrays
+
+
+def _assert_state_holds(state: ts.TrainState,
+                        checkpoint: dict[str, Any]) -> None:
+  """Every mapped tensor of the checkpoint is in `state`, bit for bit."""
+  for net, name, _ in import_torch.NETS:
+    got = getattr(state, name)
+    variables = {'params': got.params, **got.state}
+    for collection in variables:
+      mapped = import_torch.to_torch_state_dict(variables[collection],
+                                                variables, collection)
+      for key, value in mapped.items():
+        np.testing.assert_array_equal(value, checkpoint[net][key],
+                                      err_msg=f'{net}.{key}')
+
+
+def _nothing_written(workdir) -> bool:
+  return not os.path.exists(os.path.join(workdir, 'checkpoints'))
+
+
+# --------------------------------------------------------------------------
+# End to end, without PyTorch.
+# --------------------------------------------------------------------------
+
+
+def test_import_then_load_state_and_resume_read_every_tensor(tmp_path):
+  config, checkpoint, _ = _fixture()
+  written = import_torch.import_checkpoint(config, checkpoint, str(tmp_path))
+  # No optimiser state in this checkpoint: step 0, fresh Adam.
+  assert int(written.step) == 0
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['0']
+
+  _, state = train.load_state(config, str(tmp_path))
+  _assert_state_holds(state, checkpoint)
+  assert int(state.step) == 0
+  for leaf in jax.tree.leaves(state.gen.opt_state):
+    assert not np.any(np.asarray(leaf))
+  # The base key of a fresh run with the same seed, derived as
+  # ts.create_train_state does (calling it would initialise the nets, which
+  # costs seconds of compilation per parameter shape).
+  _, run_key = jax.random.split(jax.random.key(int(config.training.seed)))
+  np.testing.assert_array_equal(state.rng, jax.random.key_data(run_key))
+  models = networks.create_models(config)
+  optimizers = ts.create_optimizers(config.optim, steps_per_epoch=1)
+
+  # main.py resumes through restore_or_create_state.
+  manager = train.create_checkpoint_manager(str(tmp_path), 3)
+  resumed = train.restore_or_create_state(config, models, optimizers,
+                                          manager)
+  _assert_state_holds(resumed, checkpoint)
+
+
+def test_imported_adam_state_continues_exactly_like_torch_optim_adam(
+    tmp_path):
+  """Import after one torch Adam step; the next optax step matches torch's."""
+  config, checkpoint, golden = _fixture()
+  adam = np.load(os.path.join(FIXTURES, 'golden_adam_cifar10.npz'))
+  groups = json.loads(str(adam['meta']))['param_groups']
+  g = groups['optG'][0]
+  o = config.optim
+  o.lr_g = o.lr_e = g['lr']
+  o.beta1, o.beta2 = g['betas']
+  o.eps = g['eps']
+  o.wd_g = o.wd_e = g['weight_decay']
+  for net, opt in (('netG', 'optG'), ('netE', 'optE')):
+    checkpoint[net] = {**checkpoint[net], **_section(adam, f'step1/{net}')}
+    state = {}
+    for key in _section(adam, f'{opt}/state'):
+      index, name = key.split('/')
+      state.setdefault(int(index), {})[name] = adam[f'{opt}/state/{key}']
+    checkpoint[opt] = {'state': state, 'param_groups': groups[opt]}
+  # netI keeps no optimiser state here: it gets a fresh one.
+
+  import_torch.import_checkpoint(config, checkpoint, str(tmp_path))
+  _, state = train.load_state(config, str(tmp_path))
+  _assert_state_holds(state, checkpoint)
+  assert int(state.step) == 1  # PyTorch's Adam step count.
+
+  # One more step with the fixture's second gradient, through the very
+  # optimiser the train step uses.
+  optimizers = ts.create_optimizers(config.optim, steps_per_epoch=1000)
+  for net, name, loss in (('netG', 'gen', 'loss_g'), ('netE', 'ebm',
+                                                      'loss_e')):
+    grads = _section(golden, f'{loss}/grad')
+    scale = max(float(np.max(np.abs(v))) for v in grads.values())
+    # The two gradients of scripts/make_golden_fixtures.py.
+    g2 = {}
+    for k, v in grads.items():
+      g1 = (v / np.float32(scale)).astype(np.float32)
+      g2[k] = (-0.5 * g1 + 0.3 * np.roll(g1.reshape(-1), 1).reshape(
+          g1.shape)).astype(np.float32)
+    net_state = getattr(state, name)
+    variables = {'params': net_state.params, **net_state.state}
+    flax_g2 = import_torch.map_state_dict(net, g2, variables, config,
+                                          ('params',))['params']
+    tx = getattr(optimizers, name)
+
+    @jax.jit
+    def step(grads, opt_state, params, tx=tx):
+      updates, _ = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates)
+
+    after = import_torch.to_torch_state_dict(
+        step(flax_g2, net_state.opt_state, net_state.params), variables)
+    for key, value in _section(adam, f'step2/{net}').items():
+      change = after[key] - checkpoint[net][key]
+      expected = value - checkpoint[net][key]
+      err = np.max(np.abs(change - expected)) / np.max(np.abs(expected))
+      assert err < 1e-5, (net, key, err)
+  # netI's Adam state is fresh; its schedule continues from the step.
+  for s in state.inf.opt_state:
+    if isinstance(s, optax.ScaleByAdamState):
+      assert not any(np.any(np.asarray(x)) for x in jax.tree.leaves(s))
+    if isinstance(s, optax.ScaleByScheduleState):
+      assert int(s.count) == 1
+
+
+def test_step_flag_overrides_and_data_parallel_prefix_is_stripped(tmp_path):
+  config, checkpoint, _ = _fixture()
+  checkpoint['netG'] = {f'module.{k}': v for k, v in checkpoint['netG'].items()}
+  state = import_torch.import_checkpoint(config, checkpoint, str(tmp_path),
+                                         step=1500)
+  assert int(state.step) == 1500
+  _, loaded = train.load_state(config, str(tmp_path))
+  assert int(loaded.step) == 1500
+  # The learning-rate schedule continues from the step.
+  counts = [s.count for s in loaded.gen.opt_state
+            if isinstance(s, optax.ScaleByScheduleState)]
+  assert [int(c) for c in counts] == [1500]
+
+
+# --------------------------------------------------------------------------
+# Refusals: one clear error, nothing written.
+# --------------------------------------------------------------------------
+
+
+def _mutate(checkpoint: dict[str, Any], how: str) -> dict[str, Any]:
+  checkpoint = dict(checkpoint)
+  if how == 'missing':
+    checkpoint['netG'] = {k: v for k, v in checkpoint['netG'].items()
+                          if k != 'blocks.1.conv2.bias'}
+  elif how == 'extra':
+    checkpoint['netI'] = {**checkpoint['netI'],
+                          'head.weight': np.zeros((8, 4), np.float32)}
+  elif how == 'shape':
+    checkpoint['netE'] = {**checkpoint['netE'],
+                          'blocks.1.conv1.weight_u': np.zeros(5, np.float32)}
+  elif how == 'no_net':
+    del checkpoint['netE']
+  elif how == 'optimizer':
+    checkpoint['optE'] = {
+        'state': {0: {'step': np.float32(1),
+                      'exp_avg': np.zeros((16, 3, 3, 3), np.float32),
+                      'exp_avg_sq': np.zeros((16, 3, 3, 3), np.float32)}},
+        'param_groups': [{'params': [0, 1]}]}
+  return checkpoint
+
+
+@pytest.mark.parametrize('how,message', [
+    ('missing', 'netG.blocks.1.conv2.bias: missing from the checkpoint; the '
+                "model that config.model.resnet_style='cifar' at "
+                'config.data.image_size=32 builds expects shape (16,)'),
+    ('extra', 'netI.head.weight: in the checkpoint (shape (8, 4)) but not in '
+              'the model'),
+    ('shape', 'netE.blocks.1.conv1.weight_u: checkpoint shape (5,) but '
+              'config.model.nef=16 expects (16,)'),
+    ('no_net', "the checkpoint has no 'netE' state dict"),
+    ('optimizer', 'optE: the optimiser has 2 parameters but netE has 11'),
+])
+def test_mismatching_tensor_is_named_and_nothing_is_written(
+    tmp_path, how, message):
+  config, checkpoint, _ = _fixture()
+  with pytest.raises(import_torch.CheckpointMismatchError) as e:
+    import_torch.import_checkpoint(config, _mutate(checkpoint, how),
+                                   str(tmp_path))
+  assert message in str(e.value)
+  assert '\n' not in str(e.value)
+  assert _nothing_written(tmp_path)
+
+
+def test_wrong_width_names_the_first_tensor_and_the_config_field(tmp_path):
+  config, checkpoint, _ = _fixture()
+  config.model.nef = 32
+  with pytest.raises(import_torch.CheckpointMismatchError) as e:
+    import_torch.import_checkpoint(config, checkpoint, str(tmp_path))
+  assert str(e.value) == (
+      'netE.blocks.0.conv1.weight_orig: checkpoint shape (16, 3, 3, 3) but '
+      'config.model.nef=32 expects (32, 3, 3, 3)')
+  assert _nothing_written(tmp_path)
+
+
+def test_wrong_architecture_is_refused(tmp_path):
+  _, checkpoint, _ = _fixture('cifar10')
+  config = _config('celeba', 64, nz=8, ngf=16, nef=16, nif=4)
+  with pytest.raises(import_torch.CheckpointMismatchError) as e:
+    import_torch.import_checkpoint(config, checkpoint, str(tmp_path))
+  assert str(e.value).startswith('netG.')
+  assert _nothing_written(tmp_path)
+
+
+def test_refuses_to_overwrite_an_existing_checkpoint(tmp_path):
+  config, checkpoint, _ = _fixture()
+  import_torch.import_checkpoint(config, checkpoint, str(tmp_path))
+  before = sorted(os.listdir(tmp_path / 'checkpoints'))
+  with pytest.raises(FileExistsError, match='refusing to overwrite'):
+    import_torch.import_checkpoint(config, checkpoint, str(tmp_path), step=7)
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == before
+  _, state = train.load_state(config, str(tmp_path))
+  _assert_state_holds(state, checkpoint)
+
+
+class _NoTorch:
+  """An import hook under which `import torch` fails as if not installed.
+
+  (Setting sys.modules['torch'] = None does that too, but SciPy looks
+  torch up in sys.modules and trips over the None.)
+  """
+
+  def find_spec(self, name, path=None, target=None):
+    del path, target
+    if name == 'torch' or name.startswith('torch.'):
+      raise ModuleNotFoundError(f"No module named '{name}'")
+    return None
+
+
+def test_without_torch_one_clear_line(tmp_path, monkeypatch):
+  path = tmp_path / 'model.pth'
+  path.write_bytes(b'not read')
+  monkeypatch.setattr(sys, 'meta_path', [_NoTorch()] + sys.meta_path)
+  for name in [m for m in sys.modules if m == 'torch' or
+               m.startswith('torch.')]:
+    monkeypatch.delitem(sys.modules, name)
+  with pytest.raises(import_torch.TorchNotInstalledError,
+                     match='pip install torch'):
+    import_torch.read_torch_checkpoint(str(path))
+
+
+def test_command_line_without_torch_exits_non_zero_with_one_line(tmp_path):
+  path = tmp_path / 'model.pth'
+  path.write_bytes(b'not read')
+  code = ('import runpy, sys\n'
+          'class NoTorch:\n'
+          '  def find_spec(self, name, path=None, target=None):\n'
+          '    if name.split(".")[0] == "torch":\n'
+          '      raise ModuleNotFoundError(name)\n'
+          'sys.meta_path.insert(0, NoTorch())\n'
+          'runpy.run_module("dual_mcmc_jax.import_torch", run_name="__main__")')
+  proc = subprocess.run(
+      [sys.executable, '-c', code, '--config=configs/cifar10.py',
+       '--config.model.nef=256', f'--torch_checkpoint={path}',
+       f'--workdir={tmp_path / "run"}'],
+      cwd=REPO, capture_output=True, text=True, timeout=120,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert proc.returncode != 0
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: reading a PyTorch checkpoint needs PyTorch')
+  assert 'pip install torch' in last
+  assert not os.path.exists(tmp_path / 'run')
+
+
+# --------------------------------------------------------------------------
+# Real .pth files (only where PyTorch is installed; CI skips these).
+# --------------------------------------------------------------------------
+
+
+def _torch_checkpoint(torch, tr, nz, ngf, nef, nif, image_size, style,
+                      train_step: bool):
+  """Nets of torch_reference.py, optionally after one reference iteration."""
+  torch.manual_seed(0)
+  nets = tr.build_nets(nz, ngf, nef, nif, image_size, style)
+  opts = tr.make_optimizers(*nets, tr.ReferenceArgs(nz=nz))
+  if train_step:
+    x = torch.rand(4, 3, image_size, image_size) * 2 - 1
+    args = tr.ReferenceArgs(nz=nz, x_steps=2, z_steps=2)
+    assert tr.reference_train_step(*nets, opts, x, args)['healthy']
+  checkpoint = {'epoch': 0}
+  for (net, _, opt), module, key in zip(import_torch.NETS, nets, 'GEI'):
+    checkpoint[net] = module.state_dict()
+    checkpoint[opt] = opts[key].state_dict()
+  return nets, checkpoint
+
+
+def test_real_pth_round_trip_through_the_command_line(tmp_path):
+  torch = pytest.importorskip('torch')
+  tr = pytest.importorskip('dual_mcmc_jax.torch_reference')
+  (netG, netE, netI), checkpoint = _torch_checkpoint(
+      torch, tr, 8, 16, 16, 4, 32, 'cifar', train_step=True)
+  path = tmp_path / 'ref.pth'
+  torch.save(checkpoint, path)
+  proc = subprocess.run(
+      [sys.executable, '-m', 'dual_mcmc_jax.import_torch',
+       '--config=configs/cifar10.py', '--config.model.nz=8',
+       '--config.model.ngf=16', '--config.model.nef=16',
+       '--config.model.nif=4', f'--torch_checkpoint={path}',
+       f'--workdir={tmp_path / "run"}'],
+      cwd=REPO, capture_output=True, text=True, timeout=300,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert proc.returncode == 0, proc.stderr
+  assert 'with their Adam states' in proc.stdout
+
+  config = _config(nz=8, ngf=16, nef=16, nif=4)
+  models, state = train.load_state(config, str(tmp_path / 'run'))
+  numpy_ckpt = import_torch.read_torch_checkpoint(str(path))
+  _assert_state_holds(state, numpy_ckpt)
+  assert int(state.step) == 1
+  # Adam moments, in PyTorch's parameter order.
+  opt_state = [s for s in state.ebm.opt_state
+               if isinstance(s, optax.ScaleByAdamState)][0]
+  assert int(opt_state.count) == 1
+  variables = {'params': state.ebm.params, **state.ebm.state}
+  mu = import_torch.to_torch_state_dict(opt_state.mu, variables)
+  for index, (key, _) in enumerate(netE.named_parameters()):
+    np.testing.assert_array_equal(
+        mu[key], numpy_ckpt['optE']['state'][index]['exp_avg'])
+
+  # The imported nets compute what the PyTorch ones compute.
+  x = torch.rand(3, 3, 32, 32) * 2 - 1
+  z = torch.randn(3, 8)
+  with torch.no_grad():
+    e_torch = netE(x).numpy()
+    g_torch = netG(z.view(3, 8, 1, 1)).numpy()
+    mu_torch = netI(x)[0].view(3, 8).numpy()
+  x_nhwc = x.numpy().transpose(0, 2, 3, 1)
+  with jax.default_matmul_precision('float32'):
+    e, _ = models.ebm.apply({'params': state.ebm.params, **state.ebm.state},
+                            x_nhwc, update_stats=True,
+                            mutable=['batch_stats'])
+    g, _ = models.gen.apply({'params': state.gen.params, **state.gen.state},
+                            z.numpy(), mutable=['batch_stats'])
+    mu_jax, _ = models.inf.apply({'params': state.inf.params}, x_nhwc)
+  for a, b in ((e, e_torch), (np.asarray(g).transpose(0, 3, 1, 2), g_torch),
+               (mu_jax, mu_torch)):
+    assert np.max(np.abs(a - b)) / np.max(np.abs(b)) < 1e-5
+
+
+def test_real_pth_at_the_paper_cifar10_widths(tmp_path):
+  torch = pytest.importorskip('torch')
+  tr = pytest.importorskip('dual_mcmc_jax.torch_reference')
+  _, checkpoint = _torch_checkpoint(torch, tr, 128, 512, 512, 128, 32,
+                                    'cifar', train_step=False)
+  path = tmp_path / 'ref512.pth'
+  torch.save(checkpoint, path)
+  del checkpoint
+  config = cifar10_config.get_config()  # ngf = nef = 512, nif = 128.
+  numpy_ckpt = import_torch.read_torch_checkpoint(str(path))
+  import_torch.import_checkpoint(config, numpy_ckpt, str(tmp_path / 'run'))
+  _, state = train.load_state(config, str(tmp_path / 'run'))
+  _assert_state_holds(state, numpy_ckpt)
+  counts = {name: sum(int(np.prod(np.shape(p))) for p in jax.tree.leaves(
+      getattr(state, name).params)) for name in ('gen', 'ebm', 'inf')}
+  assert counts == {'gen': 16_024_579, 'ebm': 16_793_088,
+                    'inf': 15_208_064}
+  flat = traverse_util.flatten_dict(state.ebm.state['batch_stats'])
+  assert len(flat) == 11  # Ten spectrally normalised convs and the linear.
