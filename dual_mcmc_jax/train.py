@@ -12,11 +12,9 @@ import os
 import signal
 import threading
 import time
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 from absl import logging
-from clu import metric_writers
-from clu import periodic_actions
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
@@ -30,6 +28,9 @@ from dual_mcmc_jax import sharding
 from dual_mcmc_jax import train_state as ts
 from dual_mcmc_jax import train_step as train_step_lib
 from dual_mcmc_jax import visualize
+
+if TYPE_CHECKING:
+  from clu import metric_writers  # pylint: disable=g-bad-import-order
 
 
 class TrainingDivergedError(RuntimeError):
@@ -167,6 +168,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   Returns:
     The final train state.
   """
+  # clu pulls in TensorFlow; keep it out of the import of this module so that
+  # checkpoint helpers (load_state) stay light.
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top,redefined-outer-name
+  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
+
   validate_config(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
