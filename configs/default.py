@@ -18,14 +18,19 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- Data -------------------------------------------------------------
   config.data = data = ml_collections.ConfigDict()
-  # One of: cifar10, celeba64, lsun_church64, celebahq256, digits, toy2d, npz.
+  # Paper (tfds): cifar10, celeba64, lsun_church64, celebahq256. OOD sets
+  # (tfds, also trainable): svhn, cifar100, celeba32. Offline: digits, toy2d.
+  # Your own data: npz, image_folder.
   data.dataset = 'cifar10'
   data.image_size = 32
-  data.num_channels = 3
+  data.num_channels = 3  # 3 (RGB) or 1 (greyscale: digits, npz, image_folder).
   data.data_dir = ml_collections.config_dict.placeholder(str)  # tfds data dir.
   # Let tfds download and prepare a missing dataset. Off by default so that an
   # offline machine fails at once with instructions instead of retrying.
   data.download = False
+  # Where tfds looks for manually downloaded files (celebahq256 needs
+  # data256x256.tar); unset: tfds's default <data_dir>/downloads/manual.
+  data.manual_dir = ml_collections.config_dict.placeholder(str)
   data.random_flip = False  # The reference uses no augmentation on CIFAR-10.
   data.train_split = 'train'  # tfds split(s) to train on.
   # toy2d: density name, and the number of points that make one "epoch".
@@ -34,6 +39,17 @@ def get_config() -> ml_collections.ConfigDict:
   # npz: path to a .npz whose first array (or `npz_key`) holds the data.
   data.npz_path = ml_collections.config_dict.placeholder(str)
   data.npz_key = ml_collections.config_dict.placeholder(str)
+  # image_folder: a directory searched recursively for .png/.jpg/.jpeg files
+  # (hidden ones skipped), decoded once into memory: shorter side resized to
+  # image_size, centre square kept, converted to num_channels.
+  data.image_folder = ml_collections.config_dict.placeholder(str)
+  # Skip image files that cannot be decoded (counted in a warning) instead of
+  # stopping at the first one; it is an error when none can be read.
+  data.skip_unreadable = True
+  data.num_load_workers = 0  # Threads decoding an image folder; 0: all CPUs.
+  # Batches that input_pipeline.prefetch_to_device keeps queued on the
+  # devices, so host-to-device copies overlap the train step; 0: off.
+  data.prefetch_to_device = 2
 
   # --- Networks ----------------------------------------------------------
   config.model = model = ml_collections.ConfigDict()
@@ -115,10 +131,69 @@ def get_config() -> ml_collections.ConfigDict:
   training.num_image_samples = 64  # Images in each TensorBoard grid.
 
   # --- Evaluation ------------------------------------------------------------
+  # `python main.py --mode=eval` runs these on the latest checkpoint and writes
+  # <workdir>/eval_<step>.json and TensorBoard entries (dual_mcmc_jax/evaluate.py).
   config.eval = ev = ml_collections.ConfigDict()
-  ev.langevin_steps = 70  # x-steps of the reference evaluation sampler.
+  # Comma-separated, any of: fid, ood, inpainting, cost.
+  ev.evaluators = 'fid,ood,inpainting,cost'
+  # False: an evaluator (or dataset) that cannot run here is skipped with a
+  # warning and its reason in the JSON. True: that is an error.
+  ev.strict = False
+  ev.seed = 0  # Seeds every evaluation sampler, mask and synthetic set.
+  # Global batch of evaluation sampling and of Inception / energy passes; a
+  # multiple of the device count.
+  ev.batch_size = 250
+  # The reference's evaluation x-sampler (task_fid.py), started at G(z).
+  ev.langevin_steps = 70
   ev.langevin_step_size = 0.4
   ev.langevin_noise = 0.001
-  ev.num_samples = 50_000
+  # --mode=sample: how many generator and EBM-revised samples to write.
+  ev.num_samples_to_write = 100
+
+  # FID (evaluators/fid.py).
+  ev.num_samples = 50_000  # Samples per FID (30,000 for CelebA-HQ-256).
+  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or the .npz of
+  # scripts/convert_inception_weights.py. If unset, `inception_url` is
+  # downloaded into `inception_cache_dir` (machines with internet only).
+  ev.inception_weights = ml_collections.config_dict.placeholder(str)
+  ev.inception_url = ('https://github.com/mseitzer/pytorch-fid/releases/'
+                      'download/fid_weights/pt_inception-2015-12-05-6726825d.pth')
+  ev.inception_cache_dir = '~/.cache/dual_mcmc_jax'
+  # Cache of the dataset's reference statistics (default <workdir>/fid_stats).
+  ev.stats_dir = ml_collections.config_dict.placeholder(str)
+  ev.fid_reference_split = 'train'  # The reference scores against train.
+  ev.fid_num_reference_images = -1  # <= 0: the whole split.
+  # Precomputed reference statistics (.npz with mu, sigma) to use instead.
+  ev.fid_reference_stats = ml_collections.config_dict.placeholder(str)
+  # tr sqrt(sigma1 sigma2): 'sqrtm' (scipy, as pytorch-fid) or 'eigh' (a
+  # symmetric eigenproblem: the same value, faster, never complex).
+  ev.fid_matrix_sqrt = 'sqrtm'
+
+  # Out-of-distribution detection (evaluators/ood.py): the energy's AUROC of
+  # the in-distribution `ood_split` against each set. Entries: a dataset name
+  # of the input pipeline, npz:/path.npz, folder:/path, uniform, constant.
+  ev.ood_datasets = 'svhn,cifar100,celeba32'
+  ev.ood_split = 'test'
+  ev.ood_num_images = -1  # Per set; <= 0: all.
+
+  # Inpainting (evaluators/inpainting.py).
+  ev.inpainting_masks = 'M20,M30,M40,R20,R30,R40'
+  ev.inpainting_split = 'test'
+  ev.inpainting_num_images = -1  # <= 0: the whole split.
+  # M sides and R block sizes are pixels at this image size (the paper's
+  # 64x64 faces) and scale with config.data.image_size.
+  ev.inpainting_mask_reference_size = 64
+  ev.inpainting_block_size = 8  # Side of the blocks of the R masks.
+  ev.inpainting_fill_value = 0.0  # Hidden pixels as the inference net sees them.
+  # Paste the observed pixels into the Inf+Gen and Inf+Tz+Gen recoveries too.
+  ev.inpainting_paste_observed = True
+  # Chain lengths; <= 0: those of config.langevin_z / config.langevin_x.
+  ev.inpainting_z_steps = -1
+  ev.inpainting_x_steps = -1
+  ev.inpainting_grid_images = 4  # Images per mask in the picture.
+
+  # Cost (evaluators/cost.py): seconds per training iteration.
+  ev.cost_warmup_steps = 2  # Untimed; the first compiles.
+  ev.cost_steps = 10
 
   return config

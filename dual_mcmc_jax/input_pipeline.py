@@ -3,54 +3,77 @@
 `create_train_iterator` yields an infinite stream of per-host float32 numpy
 batches, images in [-1, 1] as [B, H, W, C] or points as [B, D];
 `create_eval_iterator` makes one ordered pass over a split;
-`get_dataset_info` gives the training-set size and the per-example shape.
+`get_dataset_info` gives the training-set size and the per-example shape;
+`prefetch_to_device` moves batches onto the accelerators ahead of the step.
 `config.data.dataset` picks the source:
 
-* `cifar10`, `celeba64`, `lsun_church64`, `celebahq256`: TFDS datasets
-  (`cifar10`, `celeb_a`, `lsun/church_outdoor`, `celeb_a_hq/256`), read from
-  `config.data.data_dir` and never downloaded here: the training machines have
-  no internet, so a missing dataset is an error that says how to prepare it.
+* The paper's training sets, through TFDS: `cifar10` (`cifar10`), `celeba64`
+  (`celeb_a`), `lsun_church64` (`lsun/church_outdoor`), `celebahq256`
+  (`celeb_a_hq/256`, built from a manual download).
+* Out-of-distribution sets, through TFDS, meant for evaluation
+  (`create_eval_iterator(config, 'test', ...)`) but usable for training:
+  `svhn` (`svhn_cropped`), `cifar100` (`cifar100`), `celeba32` (`celeb_a`
+  with the CelebA-64 crop, resized to `config.data.image_size`, default 32).
+* TFDS datasets are read from `config.data.data_dir` and downloaded only with
+  `config.data.download=True`: the training machines have no internet, so a
+  missing dataset is a one-line error that says how to prepare it.
 * `digits`: scikit-learn's bundled 8x8 digits, no download.
 * `toy2d`: points from `toy2d.sample` (see toy2d.py).
-* `npz`: an array from a user-supplied .npz file.
+* `npz`: an array from a user-supplied .npz file (`config.data.npz_path`).
+* `image_folder`: the user's own PNG / JPEG files, found recursively under
+  `config.data.image_folder`.
 
 Design: every training split is preprocessed once per run into a host-memory
-array (uint8 for images, so CelebA-64's 162,770 training images take 2 GB,
-CelebA-HQ-256's 30,000 take 5.9 GB), and batches are gathered from it with a
-numpy permutation. Epoch e uses the permutation and the flip bits drawn from
+array (uint8 for images: CIFAR-10's 50,000 take 154 MB, CelebA-64's 162,770
+take 2 GB, LSUN church_outdoor's 126,227 at 64 take 1.6 GB, CelebA-HQ-256's
+30,000 take 5.9 GB), and batches are gathered from it with a numpy
+permutation. Epoch e uses the permutation and the flip bits drawn from
 `np.random.SeedSequence([config.training.seed, _SHUFFLE_STREAM, e])`, so the
 batch of global step s is a pure function of (seed, s): resuming at step k is
 O(1), with no tf.data skip to replay. Each epoch drops its remainder (steps per
 epoch = num_train_examples // global batch size). On multiple hosts every
 process holds the whole split, draws the same global batch and keeps its own
-contiguous slice of it (`jax.process_index()`). A full permutation replaces a
-shuffle buffer.
+contiguous slice of it (`jax.process_index()`), so the hosts' slices are
+disjoint and together make the global batch. A full permutation replaces a
+shuffle buffer. Evaluation passes stream TFDS splits through tf.data instead
+of holding them, and are not divided between hosts.
 
-Preprocessing (done through tf.data when the split is loaded, so the stored
-images are already at `config.data.image_size`):
+Preprocessing (done when the split is loaded, so the stored images are
+already at `config.data.image_size`):
 
-* celeba64: crop box (left 15, top 40, right 163, bottom 188) of the 178x218
-  aligned image, i.e. 148x148, then resize.
+* celeba64, celeba32: crop box (left 15, top 40, right 163, bottom 188) of the
+  178x218 aligned image, i.e. 148x148, then resize.
 * lsun_church64: central square crop (side = the shorter side), then resize.
-* celebahq256: resize only when `image_size` is not 256.
+* celebahq256, svhn, cifar100: resize only when `image_size` is not the
+  native size (256, 32, 32), e.g. to compare a 64x64 model with SVHN.
+  cifar10 is the paper's 32x32 training set and accepts only 32.
+* image_folder: EXIF orientation applied, converted to RGB or L
+  (`config.data.num_channels` 3 or 1; an alpha channel is dropped), the
+  shorter side resized to `image_size` and the centre square kept.
 * Resizing is bilinear with antialiasing (`tf.image.resize(...,
-  antialias=True)`), which, like PIL's bilinear resize (what torchvision's
-  Resize does to PIL images), widens the filter when downsampling; the result
-  is rounded back to uint8, as a PIL pipeline's would be.
+  antialias=True)` for TFDS, PIL's bilinear resize for image folders), which
+  widens the filter when downsampling like torchvision's Resize on PIL
+  images; the result is rounded back to uint8, as a PIL pipeline's would be.
 * Random horizontal flips (`config.data.random_flip`) are applied when a batch
   is gathered, from the per-epoch flip bits above, so they are deterministic in
   (seed, step) too.
 
 TensorFlow and TFDS are imported lazily in the functions that need them, so
-the digits, toy2d and npz sources work on machines without TensorFlow.
+the digits, toy2d, npz and image_folder sources work on machines without
+TensorFlow (image_folder needs Pillow).
 """
 
 from collections.abc import Callable, Iterator
+import concurrent.futures
 import dataclasses
 import functools
 import os
 import pathlib
+import queue
+import threading
 import time
+from typing import Any, Generic, TypeVar
+import zipfile
 
 from absl import logging
 import jax
@@ -64,9 +87,13 @@ DATASETS = (
     'celeba64',
     'lsun_church64',
     'celebahq256',
+    'svhn',
+    'cifar100',
+    'celeba32',
     'digits',
     'toy2d',
     'npz',
+    'image_folder',
 )
 
 # Distinct SeedSequence words keep the shuffling stream independent of the
@@ -77,6 +104,13 @@ _TOY2D_STREAM = 1
 _DIGITS_NUM_TEST = 297
 # Batch size used while preprocessing a TFDS split into memory.
 _LOAD_BATCH = 1024
+# File name endings (lower-cased) that image_folder reads.
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
+# npz and image_folder have no held-out data: both names mean every example.
+_WHOLE_SET_SPLITS = ('train', 'test')
+
+_T = TypeVar('_T')
+_U = TypeVar('_U')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,13 +137,18 @@ class _TfdsSource:
       uint8 [size, size, 3] tensor.
     fixed_size: the only allowed `config.data.image_size`, or None when any
       size is allowed (the preprocessing resizes).
-    manual: whether TFDS needs manually downloaded files to build it.
+    manual_files: the files TFDS builds the dataset from, which must be
+      downloaded by hand into its manual directory; empty when TFDS downloads
+      the dataset itself.
+    build_note: what else preparing the dataset needs (for manual datasets:
+      what the manual files are), for error messages.
   """
 
   tfds_name: str
-  preprocess: Callable[..., object]
+  preprocess: Callable[..., Any]
   fixed_size: int | None = None
-  manual: bool = False
+  manual_files: tuple[str, ...] = ()
+  build_note: str = ''
 
 
 def preprocess_cifar10(image, image_size: int):
@@ -126,12 +165,12 @@ def preprocess_cifar10(image, image_size: int):
   return image
 
 
-def preprocess_celeba64(image, image_size: int):
+def preprocess_celeba(image, image_size: int):
   """Crops the face box of an aligned CelebA image and resizes it.
 
   Args:
     image: uint8 [218, 178, 3] tensor.
-    image_size: output side length.
+    image_size: output side length (64 for celeba64, 32 for celeba32).
 
   Returns:
     uint8 [image_size, image_size, 3] tensor.
@@ -162,17 +201,19 @@ def preprocess_lsun(image, image_size: int):
   return _resize_uint8(crop, image_size)
 
 
-def preprocess_celebahq(image, image_size: int):
-  """Resizes a 256x256 CelebA-HQ image when another size is asked for.
+def preprocess_resize(image, image_size: int):
+  """Resizes a square image of fixed size when another size is asked for.
 
   Args:
-    image: uint8 [256, 256, 3] tensor.
+    image: uint8 [S, S, 3] tensor with a static S (CelebA-HQ 256, SVHN and
+      CIFAR-100 32).
     image_size: output side length.
 
   Returns:
-    uint8 [image_size, image_size, 3] tensor.
+    uint8 [image_size, image_size, 3] tensor; the image itself when
+    image_size == S, so native-size data passes through untouched.
   """
-  if image_size == 256:
+  if image.shape[0] == image_size and image.shape[1] == image_size:
     return image
   return _resize_uint8(image, image_size)
 
@@ -189,18 +230,40 @@ def _resize_uint8(image, image_size: int):
 
 _TFDS_SOURCES = {
     'cifar10': _TfdsSource('cifar10', preprocess_cifar10, fixed_size=32),
-    'celeba64': _TfdsSource('celeb_a', preprocess_celeba64),
-    'lsun_church64': _TfdsSource('lsun/church_outdoor', preprocess_lsun),
-    'celebahq256': _TfdsSource(
-        'celeb_a_hq/256', preprocess_celebahq, manual=True
+    'celeba64': _TfdsSource('celeb_a', preprocess_celeba),
+    'lsun_church64': _TfdsSource(
+        'lsun/church_outdoor',
+        preprocess_lsun,
+        build_note=(
+            'building it reads the LSUN LMDB files with tensorflow-io: pip'
+            ' install tensorflow-io'
+        ),
     ),
+    'celebahq256': _TfdsSource(
+        'celeb_a_hq/256',
+        preprocess_resize,
+        # tfds celeb_a_hq/256 (version 2.0.0) reads exactly this tar from its
+        # manual_dir; every member is one 256x256 image (PNG).
+        manual_files=('data256x256.tar',),
+        build_note=(
+            'a tar of the 30,000 CelebA-HQ images as 256x256 PNG files; see'
+            ' https://github.com/tkarras/progressive_growing_of_gans#preparing-datasets-for-training'
+        ),
+    ),
+    'svhn': _TfdsSource('svhn_cropped', preprocess_resize),
+    'cifar100': _TfdsSource('cifar100', preprocess_resize),
+    'celeba32': _TfdsSource('celeb_a', preprocess_celeba),
 }
+# The `config.data.dataset` values read through TFDS.
+TFDS_DATASETS = tuple(_TFDS_SOURCES)
 
 
 def get_dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
   """Returns the training-set size and per-example shape.
 
-  For TFDS datasets this reads only the split's metadata, not the images.
+  For TFDS datasets this reads only the split's metadata, not the images. An
+  image folder is decoded here (unreadable files do not count), and the
+  result is kept for the `create_train_iterator` call that follows.
 
   Args:
     config: the experiment config (reads `config.data`).
@@ -227,6 +290,9 @@ def get_dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
     return DatasetInfo(
         num_train_examples=int(config.data.toy2d_num_points), shape=(2,)
     )
+  if dataset == 'image_folder':
+    images = _image_folder_array(config)
+    return DatasetInfo(num_train_examples=len(images), shape=images.shape[1:])
   data = _load_npz(config)
   return DatasetInfo(num_train_examples=len(data), shape=tuple(data.shape[1:]))
 
@@ -248,7 +314,8 @@ def create_train_iterator(
   Returns:
     An iterator of float32 per-host batches, [B, H, W, C] images in [-1, 1]
     or [B, D] points, with B = config.training.batch_size /
-    jax.process_count().
+    jax.process_count(). Host p gets rows [p * B, (p + 1) * B) of each global
+    batch.
   """
   global_batch, local_batch = _batch_sizes(config)
   seed = _check_seed(config)
@@ -300,11 +367,13 @@ def create_eval_iterator(
   No shuffling, no flips, the last partial batch is kept, and the pass is not
   divided between hosts: every process sees the whole split.
 
-  Splits: TFDS datasets accept any TFDS split string ('test', 'train',
-  'train[:10%]', ...); digits has 'train' (the first 1500 images) and 'test'
-  (the last 297); toy2d has 'train' (the training points) and 'test' (as many
-  fresh points from an independent stream); npz has only 'train' (the whole
-  array).
+  Splits: TFDS datasets accept any TFDS split string of their dataset
+  ('test', 'train', 'train[:10%]', ...; lsun_church64 has 'train' and
+  'validation', celebahq256 only 'train'); digits has 'train' (the first
+  1500 images) and 'test' (the last 297); toy2d has 'train' (the training
+  points) and 'test' (as many fresh points from an independent stream); npz
+  and image_folder take 'train' or 'test', both meaning every example (the
+  array in order, or the files sorted by path).
 
   Args:
     config: the experiment config (reads `config.data`).
@@ -326,6 +395,132 @@ def create_eval_iterator(
       yield _to_float(data[start:start + batch_size])
 
   return batches()
+
+
+def prefetch_to_device(
+    iterator: Iterator[_T],
+    size: int = 2,
+    sharding_fn: Callable[[_T], _U] = jax.device_put,
+) -> Iterator[_U]:
+  """Runs `sharding_fn` on the next batches in a background thread.
+
+  Host-to-device copies then overlap the train step instead of following it:
+  while the device computes step s, the thread has already gathered and
+  transferred the batches of steps s + 1 ... s + size. A single thread and a
+  FIFO queue keep the order, so the output is `map(sharding_fn, iterator)`
+  exactly, and resuming stays a matter of the iterator's `start_step`.
+
+  Usage in the train loop (the host batch rides along for code that needs
+  it on the host, such as a fixed sample batch):
+
+    train_iter = input_pipeline.prefetch_to_device(
+        input_pipeline.create_train_iterator(config, start_step=start_step),
+        size=config.data.prefetch_to_device,
+        sharding_fn=lambda b: (b, sharding.shard_batch(b, mesh)))
+    local_batch, batch = next(train_iter)
+
+  Args:
+    iterator: the host batches, consumed only by the background thread from
+      now on.
+    size: how many transformed batches may wait in the queue. Up to size + 1
+      batches live on the device besides the one in use. 0 turns prefetching
+      off: `sharding_fn` then runs in the caller's thread, on demand.
+    sharding_fn: places one host batch on the devices, e.g.
+      `lambda b: sharding.shard_batch(b, mesh)`; it runs in the thread, so it
+      must not start collectives (`shard_batch` does not: every host builds its
+      own shards).
+
+  Returns:
+    An iterator over `sharding_fn(batch)` in the input's order (a
+    DevicePrefetcher when size > 0). An exception raised by `iterator` or
+    `sharding_fn` is raised by `next()` after the batches before it.
+    `close()` (or dropping the iterator) stops the thread.
+  """
+  if size < 0:
+    raise ValueError(f'prefetch_to_device needs size >= 0; got {size}.')
+  if size == 0:
+    return (sharding_fn(batch) for batch in iterator)
+  return DevicePrefetcher(iterator, size, sharding_fn)
+
+
+class DevicePrefetcher(Iterator[_U], Generic[_U]):
+  """The iterator `prefetch_to_device` returns; see there."""
+
+  def __init__(
+      self,
+      iterator: Iterator[_T],
+      size: int,
+      sharding_fn: Callable[[_T], _U],
+  ):
+    self._queue = queue.Queue(maxsize=size)
+    self._stop = threading.Event()
+    self._done = False
+    # The thread must not hold `self`, or dropping the prefetcher would never
+    # reach __del__ and stop it.
+    self._thread = threading.Thread(
+        target=_prefetch_worker,
+        args=(iterator, sharding_fn, self._queue, self._stop),
+        name='prefetch_to_device',
+        daemon=True,
+    )
+    self._thread.start()
+
+  def __next__(self) -> _U:
+    if self._done:
+      raise StopIteration
+    kind, value = self._queue.get()
+    if kind == 'item':
+      return value
+    self._done = True
+    self.close()
+    if kind == 'error':
+      raise value
+    raise StopIteration
+
+  def close(self) -> None:
+    """Stops the thread; returns once it has finished its current batch."""
+    self._done = True
+    self._stop.set()
+    # Joined, not abandoned: a daemon thread still inside an XLA transfer when
+    # the interpreter exits aborts the process.
+    thread = self._thread
+    if thread.is_alive() and thread is not threading.current_thread():
+      thread.join()
+
+  def __del__(self):
+    if hasattr(self, '_thread'):  # __init__ may have failed before it.
+      self.close()
+
+
+def _prefetch_worker(
+    iterator: Iterator[Any],
+    sharding_fn: Callable[[Any], Any],
+    buffer: queue.Queue,
+    stop: threading.Event,
+) -> None:
+  """Fills `buffer` with ('item', x), then ('end' | 'error', ...) at the end."""
+
+  def put(kind: str, value: Any) -> bool:
+    """Blocks until there is room; False when the consumer has stopped."""
+    while not stop.is_set():
+      try:
+        # A timeout, so that a closed consumer never leaves this thread
+        # blocked on a full queue.
+        buffer.put((kind, value), timeout=0.05)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  try:
+    for batch in iterator:
+      if stop.is_set() or not put('item', sharding_fn(batch)):
+        return
+  except Exception as e:  # pylint: disable=broad-except
+    # Whatever fails belongs to the consumer, raised at the same position.
+    put('error', e)
+  else:
+    put('end', None)
 
 
 def _check_dataset(config: ml_collections.ConfigDict) -> str:
@@ -394,13 +589,20 @@ def _image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
 
 
 def _check_image_config(
-    config: ml_collections.ConfigDict, num_channels: int
+    config: ml_collections.ConfigDict, num_channels: int | tuple[int, ...]
 ) -> None:
-  """Checks the image size and channel fields against the dataset."""
+  """Checks the image size and channel fields against the dataset.
+
+  Args:
+    config: the experiment config.
+    num_channels: the allowed `config.data.num_channels` value(s).
+  """
   dataset = config.data.dataset
-  if config.data.num_channels != num_channels:
+  allowed = (num_channels,) if isinstance(num_channels, int) else num_channels
+  if config.data.num_channels not in allowed:
     raise ValueError(
-        f'config.data.num_channels must be {num_channels} for'
+        f'config.data.num_channels must be'
+        f' {" or ".join(str(c) for c in allowed)} for'
         f' config.data.dataset={dataset!r}; got {config.data.num_channels}.'
     )
   source = _TFDS_SOURCES.get(dataset)
@@ -446,11 +648,13 @@ def _load_array(config: ml_collections.ConfigDict, split: str) -> np.ndarray:
     return _digits_split(config, split)
   if dataset == 'toy2d':
     return _toy2d_split(config, split)
-  if split != 'train':
+  if split not in _WHOLE_SET_SPLITS:
     raise ValueError(
-        f'config.data.dataset=\'npz\' has the single split \'train\'; got'
-        f' split={split!r}.'
+        f'config.data.dataset={dataset!r} has no held-out data: split'
+        f' \'train\' or \'test\' is every example; got split={split!r}.'
     )
+  if dataset == 'image_folder':
+    return _image_folder_array(config)
   return _load_npz(config)
 
 
@@ -487,8 +691,22 @@ def _import_tf():
   return tf, tfds
 
 
+def _manual_dir(
+    config: ml_collections.ConfigDict, root: pathlib.Path
+) -> pathlib.Path:
+  """The directory TFDS builds manual datasets from."""
+  # TFDS's default when no DownloadConfig.manual_dir is given.
+  return pathlib.Path(
+      config.data.get('manual_dir') or root / 'downloads' / 'manual'
+  )
+
+
 def _tfds_dataset(config: ml_collections.ConfigDict, split: str):
   """Opens a prepared TFDS split, or explains how to prepare it.
+
+  A manual dataset whose files are in place is prepared here (no network
+  needed); other missing datasets are downloaded only when
+  `config.data.download` is set.
 
   Args:
     config: the experiment config.
@@ -501,41 +719,68 @@ def _tfds_dataset(config: ml_collections.ConfigDict, split: str):
   source = _TFDS_SOURCES[config.data.dataset]
   data_dir = config.data.data_dir
   builder = tfds.builder(source.tfds_name, data_dir=data_dir)
-  try:
-    return builder.as_dataset(split=split, shuffle_files=False)
-  except AssertionError as e:
-    if config.data.get('download', False) and not source.manual:
-      try:
-        builder.download_and_prepare()
-      except Exception as download_error:  # pylint: disable=broad-except
-        raise FileNotFoundError(
-            f'config.data.dataset={config.data.dataset!r}: downloading TFDS'
-            f' dataset {source.tfds_name!r} into {builder.data_dir} failed'
-            f' ({type(download_error).__name__}: {download_error}); check the'
-            ' network, or prepare it elsewhere with `tfds build`.'
-        ) from download_error
+
+  def open_split():
+    try:
       return builder.as_dataset(split=split, shuffle_files=False)
+    except ValueError as e:  # E.g. "Unknown split 'test'. Should be one of..."
+      raise ValueError(
+          f'config.data.dataset={config.data.dataset!r} (TFDS'
+          f' {source.tfds_name!r}), split={split!r}: {e}'
+      ) from e
+
+  try:
+    return open_split()
+  except AssertionError as e:
     # TFDS asserts when the prepared files are missing from data_dir.
-    # builder.data_dir is <root>/<name>[/<config>]/<version>.
-    depth = len(source.tfds_name.split('/')) + 1
-    root = pathlib.Path(builder.data_dir).parents[depth - 1]
-    if source.manual:
-      how = (
-          'TFDS builds it only from manually downloaded files: put them in'
-          f' {root / "downloads" / "manual"} (TFDS\'s default manual_dir) and'
-          f' run `tfds build {source.tfds_name} --data_dir={root}`'
-      )
-    else:
-      how = (
-          'rerun with --config.data.download=True on a machine with internet,'
-          f' or run `tfds build {source.tfds_name} --data_dir=<dir>` there and'
-          f' copy its contents into {root}'
-      )
-    raise FileNotFoundError(
-        f'config.data.dataset={config.data.dataset!r}: TFDS dataset'
-        f' {source.tfds_name!r} is not prepared in config.data.data_dir='
-        f'{data_dir!r} (looked in {builder.data_dir}); {how}.'
-    ) from e
+    not_prepared = e
+  root = pathlib.Path(builder.data_dir_root)
+  where = (
+      f'config.data.dataset={config.data.dataset!r}: TFDS dataset'
+      f' {source.tfds_name!r} is not prepared in config.data.data_dir='
+      f'{data_dir!r} (looked in {builder.data_dir})'
+  )
+  if source.manual_files:
+    manual_dir = _manual_dir(config, root)
+    missing = [f for f in source.manual_files if not (manual_dir / f).exists()]
+    if missing:
+      files = ', '.join(source.manual_files)
+      raise FileNotFoundError(
+          f'{where}, and TFDS builds it only from a manual download: place'
+          f' {files} ({source.build_note}) in {manual_dir} (TFDS\'s'
+          ' manual_dir; set config.data.manual_dir to use another) and'
+          ' rerun, which prepares it offline (or run'
+          f' `tfds build {source.tfds_name} --data_dir={root}'
+          f' --manual_dir={manual_dir}`); or train on a folder of the images'
+          ' with --config.data.dataset=image_folder'
+          ' --config.data.image_folder=DIR.'
+      ) from not_prepared
+    logging.info(
+        'Preparing TFDS %s from %s into %s.',
+        source.tfds_name, manual_dir, root,
+    )
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+    )
+    return open_split()
+  note = f' ({source.build_note})' if source.build_note else ''
+  if config.data.get('download', False):
+    try:
+      builder.download_and_prepare()
+    except Exception as download_error:  # pylint: disable=broad-except
+      reason = f'{type(download_error).__name__}: {download_error}'
+      raise FileNotFoundError(
+          f'config.data.dataset={config.data.dataset!r}: downloading TFDS'
+          f' dataset {source.tfds_name!r} into {root} failed'
+          f' ({reason.splitlines()[0]}); check the'
+          f' network{note}, or prepare it elsewhere with `tfds build`.'
+      ) from download_error
+    return open_split()
+  raise FileNotFoundError(
+      f'{where}; rerun with --config.data.download=True on a machine with'
+      f' internet, or run `tfds build {source.tfds_name} --data_dir=<dir>`'
+      f' there{note} and copy its contents into {root}.'
+  ) from not_prepared
 
 
 def _tfds_num_examples(config: ml_collections.ConfigDict, split: str) -> int:
@@ -603,6 +848,270 @@ def _tfds_eval_batches(
       yield _to_float(chunk)
 
   return batches()
+
+
+# --- image folders ----------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFolder:
+  """The decoded contents of an image folder.
+
+  Attributes:
+    images: uint8 [N, S, S, C], one row per readable file, in `paths` order.
+    paths: the N files read, relative to the folder, sorted.
+    skipped: (relative path, reason) of every file that could not be read.
+  """
+
+  images: np.ndarray
+  paths: tuple[str, ...]
+  skipped: tuple[tuple[str, str], ...]
+
+
+def list_image_files(folder: str) -> list[str]:
+  """Lists the PNG / JPEG files under `folder`, recursively.
+
+  Hidden files and directories (names starting with '.', e.g. macOS's
+  '._x.jpg' resource forks) are left out; symbolic links to directories are
+  not followed.
+
+  Args:
+    folder: the directory to search.
+
+  Returns:
+    Paths relative to `folder`, sorted, so the order does not depend on the
+    file system.
+  """
+  found = []
+  for root, dirs, files in os.walk(folder):
+    dirs[:] = [d for d in dirs if not d.startswith('.')]
+    for name in files:
+      if not name.startswith('.') and name.lower().endswith(IMAGE_EXTENSIONS):
+        found.append(os.path.relpath(os.path.join(root, name), folder))
+  return sorted(found)
+
+
+def load_image_file(
+    path: str, image_size: int, num_channels: int
+) -> np.ndarray:
+  """Decodes one image file into a square uint8 array.
+
+  The EXIF orientation is applied, the image converted to L (1 channel) or
+  RGB (3; an alpha channel is dropped, as torchvision's loader does), the
+  shorter side resized to `image_size` with PIL's antialiased bilinear
+  filter and the centre square kept (torchvision's `Resize(S)` then
+  `CenterCrop(S)`, without rounding the crop to whole pixels).
+
+  Args:
+    path: a PNG or JPEG file.
+    image_size: output side length S.
+    num_channels: 1 or 3.
+
+  Returns:
+    uint8 [S, S, num_channels].
+
+  Raises:
+    Whatever Pillow raises for a file it cannot decode.
+  """
+  # pylint: disable=g-import-not-at-top
+  from PIL import Image
+  from PIL import ImageOps
+  # pylint: enable=g-import-not-at-top
+
+  mode = 'L' if num_channels == 1 else 'RGB'
+  with Image.open(path) as image:
+    width, height = image.size
+    shorter = min(width, height)
+    # JPEG only: decode at 1/2, 1/4 or 1/8 scale when the image stays at
+    # least as large as the resize target; big photos decode several times
+    # faster.
+    image.draft(mode, (
+        -(-width * image_size // shorter), -(-height * image_size // shorter)
+    ))
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ('I', 'I;16', 'I;16B', 'I;16L'):
+      # 16-bit greyscale: convert() would clip everything above 255 to white.
+      image = Image.fromarray(
+          (np.asarray(image, dtype=np.uint32) >> 8).astype(np.uint8)
+      )
+    image = image.convert(mode)
+    width, height = image.size
+    side = min(width, height)
+    left, top = (width - side) / 2, (height - side) / 2
+    image = image.resize(
+        (image_size, image_size),
+        resample=Image.Resampling.BILINEAR,
+        box=(left, top, left + side, top + side),
+    )
+    array = np.asarray(image, dtype=np.uint8)
+  return array.reshape(image_size, image_size, num_channels)
+
+
+def load_image_folder(
+    folder: str,
+    image_size: int,
+    num_channels: int,
+    *,
+    skip_unreadable: bool = True,
+    num_workers: int | None = None,
+) -> ImageFolder:
+  """Decodes every PNG / JPEG under `folder` into one uint8 array.
+
+  Files are decoded by `load_image_file` in a thread pool (Pillow releases the
+  GIL while decoding and resizing) straight into a preallocated array.
+
+  Args:
+    folder: the directory (searched recursively, see `list_image_files`).
+    image_size: output side length S.
+    num_channels: 1 (L) or 3 (RGB).
+    skip_unreadable: skip files Pillow cannot decode, with a warning that
+      counts them; False raises on the first one.
+    num_workers: decoding threads; None or 0 uses every CPU.
+
+  Returns:
+    The ImageFolder: images [N, S, S, C] (read-only), the files read and the
+    files skipped.
+  """
+  if image_size <= 0 or num_channels not in (1, 3):
+    raise ValueError(
+        'load_image_folder needs image_size > 0 and num_channels 1 or 3; got'
+        f' {image_size} and {num_channels}.'
+    )
+  if not os.path.isdir(folder):
+    raise FileNotFoundError(
+        f'config.data.image_folder={folder!r} is not a directory.'
+    )
+  paths = list_image_files(folder)
+  if not paths:
+    raise ValueError(
+        f'config.data.image_folder={folder!r} holds no image files (searched'
+        f' recursively for {", ".join(IMAGE_EXTENSIONS)}).'
+    )
+  start_time = time.time()
+  out = np.empty((len(paths), image_size, image_size, num_channels), np.uint8)
+
+  def decode(index: int) -> str | None:
+    """Fills out[index]; returns why the file is unreadable, or None."""
+    try:
+      out[index] = load_image_file(
+          os.path.join(folder, paths[index]), image_size, num_channels
+      )
+    except Exception as e:  # pylint: disable=broad-except
+      # Decoders raise many types on corrupt data (OSError, SyntaxError,
+      # ValueError, zlib.error, DecompressionBombError...): for one file, any
+      # of them means "unreadable".
+      return f'{type(e).__name__}: {e}'.replace('\n', ' ')
+    return None
+
+  workers = num_workers or os.cpu_count() or 1
+  skipped = {}  # index -> reason
+  with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+    # map() yields in file order, so the first failure is deterministic.
+    for index, reason in enumerate(pool.map(decode, range(len(paths)))):
+      if reason is None:
+        continue
+      if not skip_unreadable:
+        pool.shutdown(wait=False, cancel_futures=True)  # Drop queued decodes.
+        raise ValueError(
+            f'config.data.image_folder={folder!r}: cannot read'
+            f' {paths[index]!r} ({reason}); remove it or set'
+            ' config.data.skip_unreadable=True.'
+        )
+      skipped[index] = reason
+  if len(skipped) == len(paths):
+    raise ValueError(
+        f'config.data.image_folder={folder!r}: none of its {len(paths)} image'
+        f' files could be read (first: {paths[0]!r}, {skipped[0]}).'
+    )
+  kept = [i for i in range(len(paths)) if i not in skipped]
+  if skipped:
+    first = min(skipped)
+    logging.warning(
+        'config.data.image_folder=%r: skipped %d of %d image files that could'
+        ' not be read (first: %r, %s).',
+        folder, len(skipped), len(paths), paths[first], skipped[first],
+    )
+    # Compact in place: the kept rows move down, keeping their order.
+    for target, source in enumerate(kept):
+      if target != source:
+        out[target] = out[source]
+    out = out[:len(kept)]
+  out.flags.writeable = False  # Shared by the cache below.
+  logging.info(
+      'Loaded %d images from %s (%dx%dx%d) in %.1f s.',
+      len(out), folder, image_size, image_size, num_channels,
+      time.time() - start_time,
+  )
+  return ImageFolder(
+      images=out,
+      paths=tuple(paths[i] for i in kept),
+      skipped=tuple((paths[i], why) for i, why in sorted(skipped.items())),
+  )
+
+
+def _folder_listing(folder: str) -> tuple[tuple[str, int, int], ...]:
+  """(path, size, mtime) of the folder's images: changes when a file does."""
+  listing = []
+  for path in list_image_files(folder):
+    stat = os.stat(os.path.join(folder, path))
+    listing.append((path, stat.st_size, stat.st_mtime_ns))
+  return tuple(listing)
+
+
+@functools.lru_cache(maxsize=1)
+def _cached_image_folder(
+    folder: str,
+    listing: tuple[tuple[str, int, int], ...],
+    image_size: int,
+    num_channels: int,
+    skip_unreadable: bool,
+    num_workers: int | None,
+) -> ImageFolder:
+  """`load_image_folder`, kept for the next call with the same arguments.
+
+  get_dataset_info and create_train_iterator both need the decoded folder;
+  the listing in the key makes a changed folder load afresh.
+
+  Args:
+    folder: the directory.
+    listing: `_folder_listing(folder)`, only part of the cache key.
+    image_size: output side length.
+    num_channels: 1 or 3.
+    skip_unreadable: see `load_image_folder`.
+    num_workers: see `load_image_folder`.
+
+  Returns:
+    The ImageFolder.
+  """
+  del listing  # Only a cache key.
+  return load_image_folder(
+      folder, image_size, num_channels, skip_unreadable=skip_unreadable,
+      num_workers=num_workers,
+  )
+
+
+def _image_folder_array(config: ml_collections.ConfigDict) -> np.ndarray:
+  """The config's image folder as uint8 [N, S, S, C]."""
+  folder = config.data.get('image_folder')
+  if not folder:
+    raise ValueError(
+        'config.data.image_folder must be set for'
+        ' config.data.dataset=\'image_folder\'.'
+    )
+  _check_image_config(config, num_channels=(1, 3))
+  folder = os.path.abspath(os.path.expanduser(folder))
+  if not os.path.isdir(folder):
+    raise FileNotFoundError(
+        f'config.data.image_folder={folder!r} is not a directory.'
+    )
+  return _cached_image_folder(
+      folder,
+      _folder_listing(folder),
+      int(config.data.image_size),
+      int(config.data.num_channels),
+      bool(config.data.get('skip_unreadable', True)),
+      config.data.get('num_load_workers') or None,
+  ).images
 
 
 # --- digits -------------------------------------------------------------------
@@ -710,7 +1219,19 @@ def _load_npz(config: ml_collections.ConfigDict) -> np.ndarray:
   if not os.path.exists(path):
     raise FileNotFoundError(f'config.data.npz_path={path!r} does not exist.')
   key = config.data.npz_key
-  with np.load(path) as archive:
+  try:
+    archive = np.load(path)
+  except (OSError, ValueError, zipfile.BadZipFile) as e:
+    raise ValueError(
+        f'config.data.npz_path={path!r} is not a readable .npz file'
+        f' ({type(e).__name__}: {e}).'.replace('\n', ' ')
+    ) from e
+  if not isinstance(archive, np.lib.npyio.NpzFile):
+    raise ValueError(
+        f'config.data.npz_path={path!r} is a single .npy array, not an .npz'
+        ' archive; save it with np.savez.'
+    )
+  with archive:
     if not archive.files:
       raise ValueError(f'config.data.npz_path={path!r} holds no arrays.')
     if key is None:
