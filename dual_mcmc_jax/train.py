@@ -8,6 +8,7 @@ deterministic in (seed, step)).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -210,8 +211,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       donate_argnums=0, out_shardings=sharding.replicated(mesh))
   sample_fn = jax.jit(train_step_lib.make_sample_fn(config, models),
                       out_shardings=sharding.replicated(mesh))
-  train_iter = input_pipeline.create_train_iterator(config,
-                                                    start_step=start_step)
+  # Host-to-device copies of the next batches overlap the running step.
+  train_iter = input_pipeline.prefetch_to_device(
+      input_pipeline.create_train_iterator(config, start_step=start_step),
+      size=int(config.data.get('prefetch_to_device', 2)),
+      sharding_fn=lambda b: (b, sharding.shard_batch(b, mesh)))
   report = periodic_actions.ReportProgress(num_train_steps=total_steps,
                                            writer=writer)
   limit = float(config.loss.energy_diff_limit)
@@ -224,16 +228,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   prev: tuple[int, dict[str, jax.Array]] | None = None
   t_log = time.time()
   step = start_step
-  with metric_writers.ensure_flushes(writer):
+  with metric_writers.ensure_flushes(writer), contextlib.closing(train_iter):
     for step in range(start_step + 1, total_steps + 1):
-      local_batch = next(train_iter)
+      local_batch, batch = next(train_iter)
       if fixed_batch is None:
         # The same grid batch on every host: process 0's first images.
         fixed_batch = sharding.replicate(
             multihost_utils.broadcast_one_to_all(
                 np.asarray(local_batch[:n_img])), mesh)
-      state, metrics = train_step(state,
-                                  sharding.shard_batch(local_batch, mesh))
+      state, metrics = train_step(state, batch)
       # Check the previous step while this one runs: one step of lag keeps
       # the host from stalling the device queue every iteration.
       if prev is not None:
