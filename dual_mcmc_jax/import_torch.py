@@ -14,8 +14,24 @@ that `main.py` resumes from it and `train.load_state` loads it. Everything is
 validated before anything is written; a workdir that already holds a
 checkpoint is refused.
 
-Tensor mapping (key names as in `torch_reference.py`; a `module.` prefix
-left by `nn.DataParallel` is stripped):
+Key names: for CIFAR-10 those of the authors' `_Cifar10_netG`,
+`_Cifar10_netE` and `_Cifar10_netI`; the authors' code has no CelebA-64 nets,
+and other layouts extend the same scheme (a checkpoint whose names differ is
+refused with an error naming the tensor). With n generator up-blocks and m
+EBM blocks (CIFAR-10: n = 3, m = 4), Flax module -> PyTorch key prefix:
+
+* netG: `fc` -> `lin_1`; `block{i}` -> `block{i+2}`, inside it `bn1`, `bn2`,
+  `shortcut` -> `bn_1`, `bn_2`, `sc`; `bn_out` -> `bn_{n+2}`; `conv_out` ->
+  `conv{n+2}`.
+* netE: `block0` -> `conv_1` (the start block); `block{i}` -> `block{i+1}`,
+  inside them `shortcut` -> `sc`; `fc` -> `lin_{m+1}`.
+* netI: `conv{i}` -> `main.{2i}` (an `nn.Sequential` with LeakyReLUs at the
+  odd indices); `mu` -> `conv51`; `logvar` -> `conv52`.
+
+`torch_reference.py` builds PyTorch nets with exactly these keys. A
+`module.` prefix left by `nn.DataParallel` is stripped.
+
+Tensor mapping:
 
 * conv weights [out, in, kh, kw] -> kernels [kh, kw, in, out]; linear
   weights [out, in] -> [in, out] (the generator's first linear layer too: its
@@ -77,6 +93,9 @@ NETS = (('netG', 'gen', 'optG'), ('netE', 'ebm', 'optE'),
         ('netI', 'inf', 'optI'))
 # Inner module names of networks.TorchConv / TorchDense: no PyTorch level.
 _WRAPPERS = ('conv', 'dense')
+# Layers inside networks.GenUpBlock / EbmBlock -> the authors' names (conv1
+# and conv2 keep theirs).
+_BLOCK_LAYERS = {'bn1': 'bn_1', 'bn2': 'bn_2', 'shortcut': 'sc'}
 _BUFFER_SUFFIXES = ('.running_mean', '.running_var', '.num_batches_tracked',
                     '.weight_u', '.weight_v')
 _LEAF_NAMES = {
@@ -111,8 +130,51 @@ class Slot:
 # --------------------------------------------------------------------------
 
 
-def torch_name(collection: str, path: tuple[str, ...],
-               spectral: bool) -> str:
+def _numbered(names: set[str], prefix: str) -> list[str]:
+  """The names `prefix0`, `prefix1`, ... in `names`, in numerical order."""
+  found = [n for n in names if re.fullmatch(rf'{prefix}\d+', n)]
+  return sorted(found, key=lambda n: int(n[len(prefix):]))
+
+
+def torch_module_names(params: Mapping[str, Any]) -> dict[str, str]:
+  """PyTorch key prefix of each top-level module of one residual net.
+
+  Which net it is shows in its modules: only the inference net has `mu`,
+  only the generator `conv_out`.
+
+  Args:
+    params: the net's parameters (only the top-level names are read).
+
+  Returns:
+    {Flax module name: PyTorch prefix}, e.g. {'block0': 'conv_1', ...} for
+    the EBM (see the module docstring).
+
+  Raises:
+    CheckpointMismatchError: `params` is not one of the residual nets.
+  """
+  top = set(params)
+  blocks = _numbered(top, 'block')
+  if 'mu' in top:  # ResInference
+    names = {n: f'main.{2 * i}' for i, n in enumerate(_numbered(top, 'conv'))}
+    names.update(mu='conv51', logvar='conv52')
+  elif 'conv_out' in top:  # ResGenerator
+    n = len(blocks)
+    names = {'fc': 'lin_1', 'bn_out': f'bn_{n + 2}',
+             'conv_out': f'conv{n + 2}'}
+    names.update({b: f'block{i + 2}' for i, b in enumerate(blocks)})
+  else:  # ResEBM
+    names = {b: ('conv_1' if i == 0 else f'block{i + 1}')
+             for i, b in enumerate(blocks)}
+    names['fc'] = f'lin_{len(blocks) + 1}'
+  if set(names) != top:
+    raise CheckpointMismatchError(
+        f'modules {sorted(top)} are not those of one of the residual nets '
+        "('resnet') whose PyTorch names are known")
+  return names
+
+
+def torch_name(collection: str, path: tuple[str, ...], spectral: bool,
+               module_names: Mapping[str, str]) -> str:
   """The PyTorch state-dict key of a Flax variable.
 
   Args:
@@ -121,16 +183,15 @@ def torch_name(collection: str, path: tuple[str, ...],
       ('block0', 'conv1', 'conv', 'kernel').
     spectral: whether the layer is spectrally normalised (its raw weight is
       then `weight_orig`).
+    module_names: the net's `torch_module_names`.
 
   Returns:
-    E.g. 'blocks.0.conv1.weight'.
+    E.g. 'block2.conv1.weight' for the generator's first up-block.
   """
-  parts = []
-  for p in path[:-1]:
-    if p in _WRAPPERS:
-      continue
-    m = re.fullmatch(r'block(\d+)', p)
-    parts.append(f'blocks.{m.group(1)}' if m else p)
+  parts = [module_names[path[0]]]
+  for p in path[1:-1]:
+    if p not in _WRAPPERS:
+      parts.append(_BLOCK_LAYERS.get(p, p))
   leaf = path[-1]
   if (collection, leaf) == ('params', 'kernel'):
     parts.append('weight_orig' if spectral else 'weight')
@@ -173,10 +234,10 @@ def tensor_slots(variables: Mapping[str, Any],
   """PyTorch key -> Slot for the variables of one net, in Flax order.
 
   Args:
-    variables: {'params': ..., 'batch_stats'?: ...} of one net, arrays or
-      shape structs (e.g. from `jax.eval_shape`). The spectral-norm vectors
-      in `batch_stats` mark which kernels are `weight_orig`, so pass them
-      even when only the parameters are wanted.
+    variables: {'params': ..., 'batch_stats'?: ...} of one residual net,
+      arrays or shape structs (e.g. from `jax.eval_shape`). The spectral-norm
+      vectors in `batch_stats` mark which kernels are `weight_orig`, so pass
+      them even when only the parameters are wanted.
     collections: the collections to list.
 
   Returns:
@@ -184,12 +245,13 @@ def tensor_slots(variables: Mapping[str, Any],
   """
   stats = traverse_util.flatten_dict(dict(variables.get('batch_stats', {})))
   spectral_modules = {path[:-1] for path in stats if path[-1] == 'u'}
+  module_names = torch_module_names(variables['params'])
   slots = {}
   for collection in collections:
     flat = traverse_util.flatten_dict(dict(variables.get(collection, {})))
     for path, leaf in flat.items():
       spectral = path[:-1] in spectral_modules
-      name = torch_name(collection, path, spectral)
+      name = torch_name(collection, path, spectral, module_names)
       is_kernel = path[-1] == 'kernel'
       shape = _shape_of(leaf)
       if is_kernel:
@@ -237,8 +299,8 @@ def _width_hint(net: str, key: str, config: ml_collections.ConfigDict) -> str:
   """The config fields that set the shape of `net.key`, as 'f=v' text."""
   m = config.model
   fields = {'netG': ['ngf'], 'netE': ['nef'], 'netI': ['nif']}[net]
-  if (net == 'netG' and key.startswith('fc.')) or (
-      net == 'netI' and key.split('.')[0] in ('mu', 'logvar')):
+  if (net == 'netG' and key.startswith('lin_1.')) or (
+      net == 'netI' and key.split('.')[0] in ('conv51', 'conv52')):
     fields.append('nz')
   return ', '.join(f'config.model.{f}={m[f]}' for f in fields)
 

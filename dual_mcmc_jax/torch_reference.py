@@ -10,23 +10,31 @@ in one is not silently shared by the other.
 This module needs PyTorch, which is an optional dependency of the project
 (`pip install torch`); nothing in the library or in CI imports it.
 
-State-dict layout (the key names `import_torch.py` expects; the authors'
-checkpoint {'epoch', 'netG', 'netE', 'netI', 'optG', 'optE', 'optI'} holds
-these state dicts). `i` counts blocks from the input side.
+State-dict layout: the key names `import_torch.py` expects. For CIFAR-10
+they are the authors' (their `_Cifar10_netG`, `_Cifar10_netE`,
+`_Cifar10_netI`), so that their checkpoints, dicts {'epoch', 'netG', 'netE',
+'netI', 'optG', 'optE', 'optI'} of state dicts, import as they are. The
+authors' code has no CelebA-64 nets; other layouts extend the same scheme,
+which is a guess: a checkpoint whose names differ is refused with an error
+naming the first tensor that does not fit. With n generator up-blocks and m
+EBM blocks (CIFAR-10: n = 3, m = 4):
 
-* netG (`ResGenerator`): `fc.{weight,bias}` (Linear nz -> 16 * C0, viewed as
-  [B, C0, 4, 4]); per up-block `blocks.i.bn1`, `blocks.i.conv1`,
-  `blocks.i.bn2`, `blocks.i.conv2`, `blocks.i.shortcut` (1x1 conv after the
-  upsampling); then `bn_out`, `conv_out`. Convs carry biases; BatchNorm
-  layers hold `weight`, `bias`, `running_mean`, `running_var`,
+* netG (`ResGenerator`): `lin_1.{weight,bias}` (Linear nz -> 16 * C0, viewed
+  as [B, C0, 4, 4]); up-blocks `block2` ... `block{n+1}`, each with `bn_1`,
+  `conv1`, `bn_2`, `conv2`, `sc` (1x1 conv after the upsampling); then
+  `bn_{n+2}`, `conv{n+2}` (CIFAR-10: `bn_5`, `conv5`). Convs carry biases;
+  BatchNorm layers hold `weight`, `bias`, `running_mean`, `running_var`,
   `num_batches_tracked`.
-* netE (`ResEBM`): `blocks.i.conv1`, `blocks.i.conv2`, `blocks.i.shortcut`
-  (absent on the CIFAR layout's last two blocks, whose shortcut is the
-  identity), then `fc` (Linear nef -> 1). No biases. Every layer goes through
-  the old `torch.nn.utils.spectral_norm` API and stores `weight_orig`,
-  `weight_u` and `weight_v`.
-* netI (`ResInference`): `conv0` ... `convK` (no bias), then the heads
-  `mu.{weight,bias}` and `logvar.{weight,bias}` (4x4 valid convs).
+* netE (`ResEBM`): the start block `conv_1`, then `block2` ... `block{m}`,
+  each with `conv1`, `conv2` and `sc` (absent on the CIFAR layout's last two
+  blocks, whose shortcut is the identity); then `lin_{m+1}` (Linear nef -> 1;
+  CIFAR-10: `lin_5`). No biases. Every layer goes through the old
+  `torch.nn.utils.spectral_norm` API and stores `weight_orig`, `weight_u` and
+  `weight_v`, e.g. `conv_1.conv1.weight_orig`, `block2.sc.weight_u`.
+* netI (`ResInference`): `main`, an `nn.Sequential` of bias-free convs, each
+  followed by a LeakyReLU, so the convs are `main.0`, `main.2`, `main.4`,
+  ...; then the heads `conv51.{weight,bias}` (mu) and `conv52.{weight,bias}`
+  (log-variance), 4x4 valid convs.
 
 Tensors follow PyTorch conventions: images [B, C, H, W], latents
 [B, nz, 1, 1] (a [B, nz] latent is accepted and viewed as such), conv
@@ -81,10 +89,10 @@ def ebm_layout(nef: int, image_size: int,
 
 
 def inference_widths(nif: int, image_size: int, style: str) -> list[int]:
-  """Channels of conv0, conv1, ...; the last one runs at 4x4."""
+  """Channels of the convs `main.0`, `main.2`, ...; the last runs at 4x4."""
   n_down = _log2(image_size) - 2  # Stride-2 convs needed to reach 4x4.
   if style != 'cifar':
-    n_down -= 1  # conv0 is already 4x4 stride 2.
+    n_down -= 1  # main.0 is already 4x4 stride 2.
   return [nif] + [nif * min(2**(i + 1), 8) for i in range(n_down)]
 
 
@@ -125,38 +133,46 @@ class GenUpBlock(nn.Module):
 
   def __init__(self, cin: int, cout: int):
     super().__init__()
-    self.bn1 = nn.BatchNorm2d(cin)
+    self.bn_1 = nn.BatchNorm2d(cin)
     self.conv1 = nn.Conv2d(cin, cout, 3, 1, 1)
-    self.bn2 = nn.BatchNorm2d(cout)
+    self.bn_2 = nn.BatchNorm2d(cout)
     self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1)
-    self.shortcut = nn.Conv2d(cin, cout, 1, 1, 0)
+    self.sc = nn.Conv2d(cin, cout, 1, 1, 0)
 
   def forward(self, x: Tensor) -> Tensor:
-    h = self.conv1(_up(F.relu(self.bn1(x))))
-    h = self.conv2(F.relu(self.bn2(h)))
-    return h + self.shortcut(_up(x))
+    h = self.conv1(_up(F.relu(self.bn_1(x))))
+    h = self.conv2(F.relu(self.bn_2(h)))
+    return h + self.sc(_up(x))
 
 
 class ResGenerator(nn.Module):
-  """G(z): linear to 4x4, residual up-blocks, BN-ReLU-conv3-tanh."""
+  """G(z): linear to 4x4, residual up-blocks, BN-ReLU-conv3-tanh.
+
+  Attributes as in the authors' `_Cifar10_netG`: `lin_1`, `block2` ...
+  `block{n+1}`, `bn_{n+2}`, `conv{n+2}` for n up-blocks.
+  """
 
   def __init__(self, nz: int, ngf: int, image_size: int = 32,
                style: str = 'cifar', num_channels: int = 3):
     super().__init__()
     widths = generator_widths(ngf, image_size, style)
     self.nz, self.c0 = nz, widths[0]
-    self.fc = nn.Linear(nz, 4 * 4 * widths[0])
-    self.blocks = nn.ModuleList(
-        GenUpBlock(a, b) for a, b in zip(widths[:-1], widths[1:]))
-    self.bn_out = nn.BatchNorm2d(widths[-1])
-    self.conv_out = nn.Conv2d(widths[-1], num_channels, 3, 1, 1)
+    self.n_blocks = len(widths) - 1
+    self.lin_1 = nn.Linear(nz, 4 * 4 * widths[0])
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+      setattr(self, f'block{i + 2}', GenUpBlock(a, b))
+    last = self.n_blocks + 2
+    setattr(self, f'bn_{last}', nn.BatchNorm2d(widths[-1]))
+    setattr(self, f'conv{last}', nn.Conv2d(widths[-1], num_channels, 3, 1, 1))
     self.apply(reference_init_)
 
   def forward(self, z: Tensor) -> Tensor:
-    h = self.fc(z.reshape(z.shape[0], self.nz)).view(-1, self.c0, 4, 4)
-    for block in self.blocks:
-      h = block(h)
-    return torch.tanh(self.conv_out(F.relu(self.bn_out(h))))  # [B, C, H, W]
+    h = self.lin_1(z.reshape(z.shape[0], self.nz)).view(-1, self.c0, 4, 4)
+    for i in range(self.n_blocks):
+      h = getattr(self, f'block{i + 2}')(h)
+    last = self.n_blocks + 2
+    h = F.relu(getattr(self, f'bn_{last}')(h))
+    return torch.tanh(getattr(self, f'conv{last}')(h))  # [B, C, H, W]
 
 
 class EbmBlock(nn.Module):
@@ -171,8 +187,8 @@ class EbmBlock(nn.Module):
                      spectral_norm)
     self.has_shortcut = first or downsample or cin != cout
     if self.has_shortcut:
-      self.shortcut = _sn(nn.Conv2d(cin, cout, 1, 1, 0, bias=False),
-                          spectral_norm)
+      self.sc = _sn(nn.Conv2d(cin, cout, 1, 1, 0, bias=False),
+                    spectral_norm)
 
   def forward(self, x: Tensor) -> Tensor:
     h = x if self.first else F.relu(x)
@@ -180,9 +196,9 @@ class EbmBlock(nn.Module):
     if self.downsample:
       h = F.avg_pool2d(h, 2)
     if self.first:  # Start block: pool first, then the 1x1 conv.
-      s = self.shortcut(F.avg_pool2d(x, 2))
+      s = self.sc(F.avg_pool2d(x, 2))
     elif self.has_shortcut:
-      s = self.shortcut(x)
+      s = self.sc(x)
       if self.downsample:
         s = F.avg_pool2d(s, 2)
     else:
@@ -191,50 +207,61 @@ class EbmBlock(nn.Module):
 
 
 class ResEBM(nn.Module):
-  """E(x): residual blocks, ReLU, global average pool, linear -> energy."""
+  """E(x): residual blocks, ReLU, global average pool, linear -> energy.
+
+  Attributes as in the authors' `_Cifar10_netE`: the start block `conv_1`,
+  then `block2` ... `block{m}`, and `lin_{m+1}` for m blocks in all.
+  """
 
   def __init__(self, nef: int, image_size: int = 32, style: str = 'cifar',
                num_channels: int = 3, spectral_norm: bool = True):
     super().__init__()
     layout = ebm_layout(nef, image_size, style)
-    self.blocks = nn.ModuleList(
-        EbmBlock(num_channels if i == 0 else cin, cout, down, i == 0,
-                 spectral_norm)
-        for i, (cin, cout, down) in enumerate(layout))
-    self.fc = _sn(nn.Linear(layout[-1][1], 1, bias=False), spectral_norm)
+    self.block_names = ['conv_1'] + [f'block{i + 1}'
+                                     for i in range(1, len(layout))]
+    for i, (name, (cin, cout, down)) in enumerate(
+        zip(self.block_names, layout)):
+      setattr(self, name, EbmBlock(num_channels if i == 0 else cin, cout,
+                                   down, i == 0, spectral_norm))
+    self.lin_name = f'lin_{len(layout) + 1}'
+    setattr(self, self.lin_name,
+            _sn(nn.Linear(layout[-1][1], 1, bias=False), spectral_norm))
     self.apply(reference_init_)
 
   def forward(self, x: Tensor) -> Tensor:
     h = x
-    for block in self.blocks:
-      h = block(h)
+    for name in self.block_names:
+      h = getattr(self, name)(h)
     h = F.relu(h).mean(dim=(2, 3))  # [B, nef]
-    return self.fc(h).view(-1)  # [B]
+    return getattr(self, self.lin_name)(h).view(-1)  # [B]
 
 
 class ResInference(nn.Module):
-  """q(z|x): LReLU conv stack to 4x4, then 4x4 valid conv heads."""
+  """q(z|x): LReLU conv stack to 4x4, then 4x4 valid conv heads.
+
+  Attributes as in the authors' `_Cifar10_netI`: `main` (convs at the even
+  indices, LeakyReLUs between), `conv51` (mu) and `conv52` (log-variance).
+  """
 
   def __init__(self, nz: int, nif: int, image_size: int = 32,
                style: str = 'cifar', num_channels: int = 3):
     super().__init__()
     widths = inference_widths(nif, image_size, style)
-    self.n_convs = len(widths)
     if style == 'cifar':
-      self.conv0 = nn.Conv2d(num_channels, nif, 3, 1, 1, bias=False)
+      layers = [nn.Conv2d(num_channels, nif, 3, 1, 1, bias=False)]
     else:
-      self.conv0 = nn.Conv2d(num_channels, nif, 4, 2, 1, bias=False)
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-      setattr(self, f'conv{i + 1}', nn.Conv2d(a, b, 4, 2, 1, bias=False))
-    self.mu = nn.Conv2d(widths[-1], nz, 4, 1, 0)
-    self.logvar = nn.Conv2d(widths[-1], nz, 4, 1, 0)
+      layers = [nn.Conv2d(num_channels, nif, 4, 2, 1, bias=False)]
+    layers.append(nn.LeakyReLU(0.2))
+    for a, b in zip(widths[:-1], widths[1:]):
+      layers += [nn.Conv2d(a, b, 4, 2, 1, bias=False), nn.LeakyReLU(0.2)]
+    self.main = nn.Sequential(*layers)
+    self.conv51 = nn.Conv2d(widths[-1], nz, 4, 1, 0)
+    self.conv52 = nn.Conv2d(widths[-1], nz, 4, 1, 0)
     self.apply(reference_init_)
 
   def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-    h = x
-    for i in range(self.n_convs):
-      h = F.leaky_relu(getattr(self, f'conv{i}')(h), 0.2)
-    return self.mu(h), self.logvar(h)  # [B, nz, 1, 1] each
+    h = self.main(x)  # [B, 8 nif, 4, 4]
+    return self.conv51(h), self.conv52(h)  # [B, nz, 1, 1] each
 
 
 def build_nets(nz: int, ngf: int, nef: int, nif: int, image_size: int = 32,

@@ -144,12 +144,18 @@ def _u_vectors(batch_stats: Any, variables: Any) -> dict[str, np.ndarray]:
 
 
 def _bn_count(key: str, batch: int, image_size: int) -> int:
-  """Values per channel that a generator BatchNorm layer normalises."""
-  if key.startswith('bn_out.'):
-    side = image_size
+  """Values per channel that a generator BatchNorm layer normalises.
+
+  Up-block `block{k}` (k = 2, 3, ...) runs `bn_1` before its upsampling, at
+  4 * 2**(k - 2) pixels a side, and `bn_2` after it; the last BatchNorm
+  (`bn_{n+2}`) runs at the output size.
+  """
+  module, layer = key.split('.')[:2]
+  if module.startswith('block'):
+    side = 4 * 2**(int(module[len('block'):]) - 2) * (
+        1 if layer == 'bn_1' else 2)
   else:
-    i, which = int(key.split('.')[1]), key.split('.')[2]
-    side = 4 * 2**i * (1 if which == 'bn1' else 2)
+    side = image_size
   return batch * side * side
 
 

@@ -4,9 +4,10 @@ Without PyTorch (as in CI) the reference state dicts come from the golden
 fixtures (tests/fixtures/, see scripts/make_golden_fixtures.py): the mapping
 and the orbax writer run end to end, `train.load_state` and the resume path
 of `main.py` read the result back, mismatching checkpoints are refused
-without writing anything, and a missing PyTorch gives one clear line. With
-PyTorch installed, real `.pth` files are round-tripped too, one at the
-paper's CIFAR-10 widths.
+without writing anything, and a missing PyTorch gives one clear line. A
+state dict with the authors' CIFAR-10 key names, written out by hand, is
+accepted and every tensor of it used. With PyTorch installed, real `.pth`
+files are round-tripped too, one at the paper's CIFAR-10 widths.
 """
 
 from __future__ import annotations
@@ -190,6 +191,108 @@ def test_step_flag_overrides_and_data_parallel_prefix_is_stripped(tmp_path):
 
 
 # --------------------------------------------------------------------------
+# The authors' key names.
+# --------------------------------------------------------------------------
+
+
+def _authors_cifar10_shapes(nz: int, ngf: int, nef: int,
+                            nif: int) -> dict[str, dict[str, tuple[int, ...]]]:
+  """Key -> shape of the authors' `_Cifar10_net{G,E,I}` state dicts.
+
+  Written out from the authors' module names, independently of both
+  `import_torch.py` and `torch_reference.py`.
+  """
+
+  def bn(name, c):
+    return {**{f'{name}.{t}': (c,) for t in (
+        'weight', 'bias', 'running_mean', 'running_var')},
+            f'{name}.num_batches_tracked': ()}
+
+  def sn(name, *shape):  # torch.nn.utils.spectral_norm, old API.
+    return {f'{name}.weight_orig': shape, f'{name}.weight_u': (shape[0],),
+            f'{name}.weight_v': (int(np.prod(shape[1:])),)}
+
+  g = {'lin_1.weight': (16 * ngf, nz), 'lin_1.bias': (16 * ngf,)}
+  for b in ('block2', 'block3', 'block4'):
+    g.update(bn(f'{b}.bn_1', ngf))
+    g.update({f'{b}.conv1.weight': (ngf, ngf, 3, 3), f'{b}.conv1.bias': (ngf,)})
+    g.update(bn(f'{b}.bn_2', ngf))
+    g.update({f'{b}.conv2.weight': (ngf, ngf, 3, 3), f'{b}.conv2.bias': (ngf,),
+              f'{b}.sc.weight': (ngf, ngf, 1, 1), f'{b}.sc.bias': (ngf,)})
+  g.update(bn('bn_5', ngf))
+  g.update({'conv5.weight': (3, ngf, 3, 3), 'conv5.bias': (3,)})
+
+  e = {**sn('conv_1.conv1', nef, 3, 3, 3), **sn('conv_1.conv2', nef, nef, 3, 3),
+       **sn('conv_1.sc', nef, 3, 1, 1), **sn('block2.conv1', nef, nef, 3, 3),
+       **sn('block2.conv2', nef, nef, 3, 3), **sn('block2.sc', nef, nef, 1, 1)}
+  for b in ('block3', 'block4'):  # Identity shortcut: no `sc`.
+    e.update({**sn(f'{b}.conv1', nef, nef, 3, 3),
+              **sn(f'{b}.conv2', nef, nef, 3, 3)})
+  e.update(sn('lin_5', 1, nef))
+
+  i = {'main.0.weight': (nif, 3, 3, 3), 'main.2.weight': (2 * nif, nif, 4, 4),
+       'main.4.weight': (4 * nif, 2 * nif, 4, 4),
+       'main.6.weight': (8 * nif, 4 * nif, 4, 4)}
+  for head in ('conv51', 'conv52'):  # mu, log-variance.
+    i.update({f'{head}.weight': (nz, 8 * nif, 4, 4), f'{head}.bias': (nz,)})
+  return {'netG': g, 'netE': e, 'netI': i}
+
+
+def test_authors_cifar10_key_set_is_accepted_and_fully_consumed():
+  shapes = _authors_cifar10_shapes(nz=8, ngf=16, nef=16, nif=4)
+  buffers = ('.running_mean', '.running_var', '.num_batches_tracked',
+             '.weight_u', '.weight_v')
+  dropped = ('.num_batches_tracked', '.weight_v')
+  # torch_reference.py (which made the fixture) uses exactly these keys.
+  _, fixture, _ = _fixture()
+  for net, net_shapes in shapes.items():
+    assert set(fixture[net]) == set(net_shapes), net
+
+  rng = np.random.default_rng(0)
+  checkpoint: dict[str, Any] = {'epoch': 7}
+  for (net, _, opt), net_shapes in zip(import_torch.NETS, shapes.values()):
+    checkpoint[net] = {
+        k: (np.array(5, np.int64) if k.endswith('.num_batches_tracked') else
+            rng.standard_normal(shape).astype(np.float32))
+        for k, shape in net_shapes.items()}
+    params = [k for k in net_shapes if not k.endswith(buffers)]
+    checkpoint[opt] = {
+        'state': {index: {'step': np.float32(5),
+                          'exp_avg': rng.standard_normal(
+                              net_shapes[k]).astype(np.float32),
+                          'exp_avg_sq': rng.random(
+                              net_shapes[k]).astype(np.float32)}
+                  for index, k in enumerate(params)},
+        'param_groups': [{'params': list(range(len(params)))}]}
+
+  config = _config(nz=8, ngf=16, nef=16, nif=4)
+  _, variables = import_torch.map_networks(config, checkpoint)
+  moments = import_torch.map_optimizers(config, checkpoint, variables)
+  assert import_torch.choose_step(moments, None) == 5
+  for net, name, opt in import_torch.NETS:
+    v = variables[name]
+    consumed = {}
+    for collection in v:
+      consumed.update(import_torch.to_torch_state_dict(v[collection], v,
+                                                       collection))
+    # Every tensor lands in the Flax state, except the two that carry no
+    # information (docs/differences.md).
+    assert set(consumed) == {k for k in shapes[net]
+                             if not k.endswith(dropped)}, net
+    for key, value in consumed.items():
+      np.testing.assert_array_equal(value, checkpoint[net][key],
+                                    err_msg=f'{net}.{key}')
+    params = [k for k in shapes[net] if not k.endswith(buffers)]
+    mu = import_torch.to_torch_state_dict(moments[name].mu, v)
+    nu = import_torch.to_torch_state_dict(moments[name].nu, v)
+    assert set(mu) == set(params), net
+    for index, key in enumerate(params):
+      state = checkpoint[opt]['state'][index]
+      np.testing.assert_array_equal(mu[key], state['exp_avg'])
+      np.testing.assert_array_equal(nu[key], state['exp_avg_sq'])
+
+
+# --------------------------------------------------------------------------
 # Refusals: one clear error, nothing written.
 # --------------------------------------------------------------------------
 
@@ -198,13 +301,13 @@ def _mutate(checkpoint: dict[str, Any], how: str) -> dict[str, Any]:
   checkpoint = dict(checkpoint)
   if how == 'missing':
     checkpoint['netG'] = {k: v for k, v in checkpoint['netG'].items()
-                          if k != 'blocks.1.conv2.bias'}
+                          if k != 'block3.conv2.bias'}
   elif how == 'extra':
     checkpoint['netI'] = {**checkpoint['netI'],
                           'head.weight': np.zeros((8, 4), np.float32)}
   elif how == 'shape':
     checkpoint['netE'] = {**checkpoint['netE'],
-                          'blocks.1.conv1.weight_u': np.zeros(5, np.float32)}
+                          'block2.conv1.weight_u': np.zeros(5, np.float32)}
   elif how == 'no_net':
     del checkpoint['netE']
   elif how == 'optimizer':
@@ -217,12 +320,12 @@ def _mutate(checkpoint: dict[str, Any], how: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize('how,message', [
-    ('missing', 'netG.blocks.1.conv2.bias: missing from the checkpoint; the '
+    ('missing', 'netG.block3.conv2.bias: missing from the checkpoint; the '
                 "model that config.model.resnet_style='cifar' at "
                 'config.data.image_size=32 builds expects shape (16,)'),
     ('extra', 'netI.head.weight: in the checkpoint (shape (8, 4)) but not in '
               'the model'),
-    ('shape', 'netE.blocks.1.conv1.weight_u: checkpoint shape (5,) but '
+    ('shape', 'netE.block2.conv1.weight_u: checkpoint shape (5,) but '
               'config.model.nef=16 expects (16,)'),
     ('no_net', "the checkpoint has no 'netE' state dict"),
     ('optimizer', 'optE: the optimiser has 2 parameters but netE has 11'),
@@ -244,7 +347,7 @@ def test_wrong_width_names_the_first_tensor_and_the_config_field(tmp_path):
   with pytest.raises(import_torch.CheckpointMismatchError) as e:
     import_torch.import_checkpoint(config, checkpoint, str(tmp_path))
   assert str(e.value) == (
-      'netE.blocks.0.conv1.weight_orig: checkpoint shape (16, 3, 3, 3) but '
+      'netE.conv_1.conv1.weight_orig: checkpoint shape (16, 3, 3, 3) but '
       'config.model.nef=32 expects (32, 3, 3, 3)')
   assert _nothing_written(tmp_path)
 
