@@ -20,4 +20,7 @@ def get_config():
   config.model.nif = 128
   config.langevin_x.step_size = 0.3
   config.loss.s_factor = 70.0
+  # The paper's OOD protocol is for CIFAR-10 only.
+  config.eval.evaluators = 'fid,inpainting,cost'
+  config.eval.ood_datasets = ''
   return config

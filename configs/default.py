@@ -132,7 +132,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- Evaluation ------------------------------------------------------------
   # `python main.py --mode=eval` runs these on the latest checkpoint and writes
-  # <workdir>/eval_<step>.json and TensorBoard entries (dual_mcmc_jax/evaluate.py).
+  # <workdir>/eval_<step>.json and TensorBoard entries (see evaluate.py).
   config.eval = ev = ml_collections.ConfigDict()
   # Comma-separated, any of: fid, ood, inpainting, cost.
   ev.evaluators = 'fid,ood,inpainting,cost'
@@ -156,8 +156,9 @@ def get_config() -> ml_collections.ConfigDict:
   # scripts/convert_inception_weights.py. If unset, `inception_url` is
   # downloaded into `inception_cache_dir` (machines with internet only).
   ev.inception_weights = ml_collections.config_dict.placeholder(str)
-  ev.inception_url = ('https://github.com/mseitzer/pytorch-fid/releases/'
-                      'download/fid_weights/pt_inception-2015-12-05-6726825d.pth')
+  ev.inception_url = (
+      'https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
+      'pt_inception-2015-12-05-6726825d.pth')
   ev.inception_cache_dir = '~/.cache/dual_mcmc_jax'
   # Cache of the dataset's reference statistics (default <workdir>/fid_stats).
   ev.stats_dir = ml_collections.config_dict.placeholder(str)
@@ -184,7 +185,8 @@ def get_config() -> ml_collections.ConfigDict:
   # 64x64 faces) and scale with config.data.image_size.
   ev.inpainting_mask_reference_size = 64
   ev.inpainting_block_size = 8  # Side of the blocks of the R masks.
-  ev.inpainting_fill_value = 0.0  # Hidden pixels as the inference net sees them.
+  # Value of the hidden pixels in the inference model's input.
+  ev.inpainting_fill_value = 0.0
   # Paste the observed pixels into the Inf+Gen and Inf+Tz+Gen recoveries too.
   ev.inpainting_paste_observed = True
   # Chain lengths; <= 0: those of config.langevin_z / config.langevin_x.

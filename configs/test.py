@@ -23,4 +23,18 @@ def get_config():
   config.training.image_every_steps = 4
   config.training.checkpoint_every_steps = 2
   config.training.num_image_samples = 8
+  # Every evaluator on a handful of images; nothing is downloaded.
+  config.eval.batch_size = 8
+  config.eval.langevin_steps = 3
+  config.eval.num_samples_to_write = 8
+  config.eval.num_samples = 8
+  config.eval.fid_num_reference_images = 8
+  config.eval.inception_url = ''
+  config.eval.fid_matrix_sqrt = 'eigh'
+  config.eval.ood_datasets = 'uniform,constant'
+  config.eval.ood_num_images = 16
+  config.eval.inpainting_num_images = 8
+  config.eval.inpainting_grid_images = 2
+  config.eval.cost_warmup_steps = 1
+  config.eval.cost_steps = 2
   return config

@@ -40,4 +40,8 @@ def get_config():
   config.training.image_every_steps = 500
   config.training.checkpoint_every_steps = 1000
   config.training.num_image_samples = 1000
+  # FID, OOD and inpainting need images; mode coverage is
+  # benchmarks/toy2d_coverage.py. --mode=sample draws scatter plots.
+  config.eval.evaluators = 'cost'
+  config.eval.num_samples_to_write = 5000
   return config
