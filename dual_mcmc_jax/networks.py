@@ -377,6 +377,28 @@ def conv_inference_widths(nif: int, image_size: int) -> list[int]:
   return [nif * min(2**(i + 1), 8) for i in range(n_down)]
 
 
+def gaussian_conv_heads(h: Array, nz: int,
+                        dtype: Dtype) -> tuple[Array, Array]:
+  """The inference nets' two 4x4 valid-conv heads, mu and logvar.
+
+  Called inside a compact `__call__`, so the convs become its submodules
+  'mu' and 'logvar'.
+
+  Args:
+    h: [B, 4, 4, C] features.
+    nz: latent size.
+    dtype: compute dtype.
+
+  Returns:
+    (mu, logvar), each [B, nz] float32.
+  """
+  b = h.shape[0]
+  mu = TorchConv(nz, 4, 1, 0, dtype=dtype, name='mu')(h)
+  logvar = TorchConv(nz, 4, 1, 0, dtype=dtype, name='logvar')(h)
+  return (mu.reshape(b, nz).astype(jnp.float32),
+          logvar.reshape(b, nz).astype(jnp.float32))
+
+
 class ResInference(nn.Module):
   """Inference model q(z|x) = N(mu(x), diag(exp(logvar(x))))."""
   nz: int
@@ -401,12 +423,7 @@ class ResInference(nn.Module):
       h = TorchConv(w, 4, 2, 1, use_bias=False, dtype=self.dtype,
                     name=f'conv{i + 1}')(h)
       h = nn.leaky_relu(h, 0.2)
-    # h: [B, 4, 4, C]
-    mu = TorchConv(self.nz, 4, 1, 0, dtype=self.dtype, name='mu')(h)
-    logvar = TorchConv(self.nz, 4, 1, 0, dtype=self.dtype, name='logvar')(h)
-    b = x.shape[0]
-    return (mu.reshape(b, self.nz).astype(jnp.float32),
-            logvar.reshape(b, self.nz).astype(jnp.float32))
+    return gaussian_conv_heads(h, self.nz, self.dtype)  # h: [B, 4, 4, C]
 
 
 # ----------------------------------------------------------------------------
@@ -479,11 +496,7 @@ class SimpleInference(nn.Module):
       h = TorchConv(self.nif * 2**i, 4, 2, 1, use_bias=False, dtype=self.dtype,
                     name=f'conv{i}')(h)
       h = nn.leaky_relu(h, 0.2)
-    mu = TorchConv(self.nz, 4, 1, 0, dtype=self.dtype, name='mu')(h)
-    logvar = TorchConv(self.nz, 4, 1, 0, dtype=self.dtype, name='logvar')(h)
-    b = x.shape[0]
-    return (mu.reshape(b, self.nz).astype(jnp.float32),
-            logvar.reshape(b, self.nz).astype(jnp.float32))
+    return gaussian_conv_heads(h, self.nz, self.dtype)
 
 
 # ----------------------------------------------------------------------------
