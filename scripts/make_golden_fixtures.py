@@ -41,6 +41,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dual_mcmc_jax import torch_reference as tr  # pylint: disable=g-import-not-at-top,wrong-import-position
+from scripts.golden_recipe import first_gradient  # pylint: disable=g-import-not-at-top,wrong-import-position
+from scripts.golden_recipe import pixels_to_float  # pylint: disable=g-import-not-at-top,wrong-import-position
+from scripts.golden_recipe import second_gradient  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Small widths: each file stays well under 1 MB.
 ARCHS = {
@@ -54,25 +57,6 @@ ARCHS = {
 
 
 ADAM = dict(lr=0.05, betas=(0.5, 0.9), eps=1e-3, weight_decay=0.37)
-
-
-def pixels_to_float(pixels: np.ndarray) -> np.ndarray:
-  """uint8 pixels -> float32 in [-1, 1], as the input pipeline maps them."""
-  return (pixels.astype(np.float32) / 127.5 - 1.0).astype(np.float32)
-
-
-def first_gradient(grads: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """The first Adam step's gradients: one net's loss gradients, max |g| = 1."""
-  scale = max(float(np.max(np.abs(g))) for g in grads.values())
-  return {k: (g / np.float32(scale)).astype(np.float32)
-          for k, g in grads.items()}
-
-
-def second_gradient(g1: np.ndarray) -> np.ndarray:
-  """The pseudo-gradient of the second Adam step (PyTorch layout)."""
-  flat = g1.reshape(-1)
-  return (-0.5 * g1 + 0.3 * np.roll(flat, 1).reshape(g1.shape)).astype(
-      np.float32)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

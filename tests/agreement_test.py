@@ -41,6 +41,9 @@ from dual_mcmc_jax import import_torch
 from dual_mcmc_jax import langevin
 from dual_mcmc_jax import losses
 from dual_mcmc_jax import train_state as ts
+from scripts.golden_recipe import first_gradient
+from scripts.golden_recipe import pixels_to_float
+from scripts.golden_recipe import second_gradient
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                         'fixtures')
@@ -64,25 +67,6 @@ def rel_err(actual: Any, expected: Any) -> float:
   scale = np.max(np.abs(b)) if b.size else 0.0
   diff = np.max(np.abs(a - b)) if b.size else 0.0
   return float(diff / scale) if scale > 0 else float(diff)
-
-
-def pixels_to_float(pixels: np.ndarray) -> np.ndarray:
-  """As in scripts/make_golden_fixtures.py: uint8 -> [-1, 1]."""
-  return (pixels.astype(np.float32) / 127.5 - 1.0).astype(np.float32)
-
-
-def first_gradient(grads: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """As in scripts/make_golden_fixtures.py: loss gradients, max |g| = 1."""
-  scale = max(float(np.max(np.abs(g))) for g in grads.values())
-  return {k: (g / np.float32(scale)).astype(np.float32)
-          for k, g in grads.items()}
-
-
-def second_gradient(g1: np.ndarray) -> np.ndarray:
-  """As in scripts/make_golden_fixtures.py: the second Adam step's gradient."""
-  flat = g1.reshape(-1)
-  return (-0.5 * g1 + 0.3 * np.roll(flat, 1).reshape(g1.shape)).astype(
-      np.float32)
 
 
 def nhwc(a: np.ndarray) -> np.ndarray:
