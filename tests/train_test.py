@@ -33,12 +33,28 @@ def _leaves_equal(a, b) -> bool:
       for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+def _saved_steps(workdir) -> list[int]:
+  """Finished checkpoint steps in a workdir (orbax temp dirs excluded)."""
+  return sorted(int(os.path.basename(p))
+                for p in glob.glob(os.path.join(str(workdir), 'checkpoints',
+                                                '*'))
+                if os.path.basename(p).isdigit())
+
+
+def _main_command(workdir: str, num_steps: int, **training) -> list[str]:
+  """`python main.py` on the test config with the cheap plain nets."""
+  return ([sys.executable, 'main.py', '--config=configs/test.py',
+           f'--workdir={workdir}',
+           f'--config.training.num_train_steps={num_steps}',
+           '--config.model.arch=simple'] +
+          [f'--config.training.{k}={v}' for k, v in training.items()])
+
+
 def test_loop_end_to_end_writes_checkpoints_events_and_grids(tmp_path):
   config = test_config.get_config()
   state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == config.training.num_train_steps
-  steps = sorted(int(os.path.basename(p))
-                 for p in glob.glob(str(tmp_path / 'checkpoints' / '*')))
+  steps = _saved_steps(tmp_path)
   assert steps[-1] == 4 and 2 in steps
   assert glob.glob(str(tmp_path / 'events.out.tfevents.*'))
   grids = os.listdir(tmp_path / 'samples')
@@ -110,9 +126,7 @@ def test_nan_stops_with_message_naming_step_and_checkpoint(tmp_path,
                      match=r'diverged at step 3.*last good checkpoint: step 2'):
     train.train_and_evaluate(config, str(tmp_path))
   # The unhealthy state was never saved.
-  saved = sorted(int(os.path.basename(p))
-                 for p in glob.glob(str(tmp_path / 'checkpoints' / '*')))
-  assert saved == [2]
+  assert _saved_steps(tmp_path) == [2]
 
 
 def test_bad_config_value_is_one_clear_error(tmp_path):
@@ -124,40 +138,33 @@ def test_bad_config_value_is_one_clear_error(tmp_path):
 
 def test_killed_run_resumes_from_last_checkpoint(tmp_path):
   workdir = str(tmp_path / 'run')
-  cmd = [sys.executable, 'main.py', '--config=configs/test.py',
-         f'--workdir={workdir}', '--config.training.num_train_steps=40',
-         '--config.model.arch=simple',
-         '--config.training.checkpoint_every_steps=2',
-         '--config.training.image_every_steps=1000']
+  cmd = _main_command(workdir, 40, checkpoint_every_steps=2,
+                      image_every_steps=1000)
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
-  ckpt_dir = os.path.join(workdir, 'checkpoints')
   deadline = time.time() + 240
   while time.time() < deadline:
-    done = [p for p in glob.glob(os.path.join(ckpt_dir, '*'))
-            if os.path.basename(p).isdigit()]
+    done = _saved_steps(workdir)
     if done:
       break
     time.sleep(0.5)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert done, 'no checkpoint appeared before the kill'
-  cmd[4] = '--config.training.num_train_steps=12'
+  cmd = _main_command(workdir, 12, checkpoint_every_steps=2,
+                      image_every_steps=1000)
   out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=400)
   assert out.returncode == 0, out.stderr[-2000:]
   assert 'Resuming from checkpoint at step' in out.stderr
-  assert os.path.isdir(os.path.join(ckpt_dir, '12'))
+  assert 12 in _saved_steps(workdir)
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
   workdir = str(tmp_path / 'run')
-  cmd = [sys.executable, 'main.py', '--config=configs/test.py',
-         f'--workdir={workdir}', '--config.training.num_train_steps=100000',
-         '--config.model.arch=simple',
-         '--config.training.checkpoint_every_steps=100000',
-         '--config.training.image_every_steps=100000']
+  cmd = _main_command(workdir, 100000, checkpoint_every_steps=100000,
+                      image_every_steps=100000)
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
@@ -170,7 +177,5 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 0, err[-2000:]
   assert 'SIGTERM received' in err
-  saved = [int(os.path.basename(p)) for p in
-           glob.glob(os.path.join(workdir, 'checkpoints', '*'))
-           if os.path.basename(p).isdigit()]
+  saved = _saved_steps(workdir)
   assert len(saved) == 1 and 1 <= saved[0] < 100000
