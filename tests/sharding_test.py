@@ -1,7 +1,9 @@
-"""Data-parallel training equals single-device training on the same batch.
+"""Data parallelism gives the single-device results on the same global batch.
 
-Runs in a subprocess with 8 fake CPU devices (the device count is fixed when
-JAX starts, and the rest of the suite runs on one).
+The train step and the FID sampler (generator samples, their EBM revision
+and their Inception features) are run sharded over 8 fake CPU devices and on
+one device. Each check runs in a subprocess, since the device count is fixed
+when JAX starts and the rest of the suite runs on one device.
 """
 
 import json
@@ -76,13 +78,18 @@ _SCRIPT = textwrap.dedent('''
 ''')
 
 
-def test_sharded_step_matches_single_device_step():
+def _run_on_8_devices(script: str) -> dict:
+  """Runs `script` with 8 fake CPU devices; returns its last line as JSON."""
   env = dict(os.environ, JAX_PLATFORMS='cpu',
              XLA_FLAGS='--xla_force_host_platform_device_count=8')
-  out = subprocess.run([sys.executable, '-c', _SCRIPT], cwd=REPO, env=env,
+  out = subprocess.run([sys.executable, '-c', script], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
-  result = json.loads(out.stdout.strip().splitlines()[-1])
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_sharded_step_matches_single_device_step():
+  result = _run_on_8_devices(_SCRIPT)
   assert result['param_devices'] == 8
   # float32 tolerance: the reductions are summed in a different order.
   assert result['num_leaves'] > 100, result
@@ -92,3 +99,61 @@ def test_sharded_step_matches_single_device_step():
   assert result['null_grad_bias_max_abs_diff'] < 2 * 3.2 * 3e-4 * 1.01, result
   assert abs(result['loss_e'][0] - result['loss_e'][1]) <= 1e-3 * abs(
       result['loss_e'][0]) + 1e-3, result
+
+
+_FID_SCRIPT = textwrap.dedent('''
+    import json
+    import jax
+    import numpy as np
+    from configs import test as test_config
+    from dual_mcmc_jax import networks, sharding, train_state as ts
+    from dual_mcmc_jax.evaluators import common, fid, inception
+
+    assert jax.device_count() == 8, jax.devices()
+    config = test_config.get_config()
+    config.eval.langevin_steps = 5
+    models = networks.create_models(config)
+    opt = ts.create_optimizers(config.optim, 10)
+    state = ts.create_train_state(models, opt, 0)
+    variables = inception.state_dict_to_variables(
+        inception.random_state_dict(0))
+    key = jax.random.key(3)
+    batch = 16  # Two samples per device.
+
+    out = {}
+    for name, devices in (('single', jax.devices()[:1]),
+                          ('sharded', jax.devices())):
+      mesh = sharding.data_mesh(devices)
+      sampler = common.make_sampler(config, models, mesh, batch)
+      features = fid.make_feature_fn(variables, mesh)
+      x0, x1 = sampler(sharding.replicate(state, mesh), key)
+      out[name] = {
+          'devices': len(x0.sharding.device_set),
+          'x0': np.asarray(x0), 'x1': np.asarray(x1),
+          'f0': np.asarray(features(x0)), 'f1': np.asarray(features(x1))}
+
+    def rel(k):
+      a, b = out['sharded'][k], out['single'][k]
+      return float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-12))
+
+    s = out['single']
+    print(json.dumps({
+        'devices': [out['single']['devices'], out['sharded']['devices']],
+        'shape': list(s['f0'].shape),
+        'revision_moved': float(np.max(np.abs(s['x1'] - s['x0']))),
+        'feature_spread': float(np.std(s['f0'], axis=0).mean()),
+        **{f'max_rel_diff_{k}': rel(k) for k in ('x0', 'x1', 'f0', 'f1')},
+    }))
+''')
+
+
+def test_fid_sampler_and_features_shard_like_one_device():
+  result = _run_on_8_devices(_FID_SCRIPT)
+  assert result['devices'] == [1, 8], result
+  assert result['shape'] == [16, 2048], result
+  # Not vacuous: the chain moves the samples, the features differ per image.
+  assert result['revision_moved'] > 1e-4, result
+  assert result['feature_spread'] > 1e-3, result
+  # Generator BatchNorm uses the global batch's statistics on both meshes.
+  for k in ('x0', 'x1', 'f0', 'f1'):
+    assert result[f'max_rel_diff_{k}'] < 1e-4, result
