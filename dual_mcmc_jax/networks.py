@@ -29,6 +29,7 @@ lives in `batch_stats`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -36,6 +37,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from dual_mcmc_jax import conv as conv_lib
 
 Array = jax.Array
 Dtype = Any
@@ -116,26 +119,58 @@ def check_image_size(image_size: int, arch: str, style: str = 'cifar') -> None:
         f'config.model.arch={arch!r}; use a power of two >= 8')
 
 
-class TorchConv(nn.Module):
-  """nn.Conv with the reference init and PyTorch-style explicit padding."""
+class Conv2d(nn.Module):
+  """Square-kernel NHWC conv whose input gradient rule can be chosen.
+
+  Holds `kernel` [k, k, in, out] and `bias` like `nn.Conv` /
+  `nn.ConvTranspose` (so parameter trees and checkpoints are the same) and
+  computes through `conv.conv2d`; `lhs_dilation > 1` makes it a transposed
+  convolution (PyTorch's ConvTranspose2d with the given explicit padding).
+  """
   features: int
   kernel: int
   stride: int = 1
-  padding: int | str = 0
+  padding: tuple[int, int] = (0, 0)
+  lhs_dilation: int = 1
   use_bias: bool = True
+  kernel_init: Callable[..., Array] = xavier_normal
+  bias_init: Callable[..., Array] = nn.initializers.zeros
+  input_grad: str = 'auto'
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    k = self.kernel
+    w = self.param('kernel', self.kernel_init,
+                   (k, k, x.shape[-1], self.features))
+    y = conv_lib.conv2d(
+        x.astype(self.dtype), w.astype(self.dtype), (self.stride,) * 2,
+        (tuple(self.padding),) * 2, (self.lhs_dilation,) * 2,
+        self.input_grad)
+    if self.use_bias:
+      b = self.param('bias', self.bias_init, (self.features,))
+      y = y + b.astype(self.dtype)
+    return y
+
+
+class TorchConv(nn.Module):
+  """Conv with the reference init and PyTorch-style explicit padding."""
+  features: int
+  kernel: int
+  stride: int = 1
+  padding: int = 0
+  use_bias: bool = True
+  input_grad: str = 'auto'
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     fan_in = x.shape[-1] * self.kernel * self.kernel
-    pad = (self.padding if isinstance(self.padding, str) else
-           [(self.padding, self.padding)] * 2)
-    return nn.Conv(
-        self.features, (self.kernel, self.kernel),
-        strides=(self.stride, self.stride), padding=pad,
-        use_bias=self.use_bias, kernel_init=xavier_normal,
-        bias_init=torch_default_bias_init(fan_in), dtype=self.dtype,
-        name='conv')(x)
+    return Conv2d(self.features, self.kernel, self.stride,
+                  (self.padding, self.padding), use_bias=self.use_bias,
+                  bias_init=torch_default_bias_init(fan_in),
+                  input_grad=self.input_grad, dtype=self.dtype,
+                  name='conv')(x)
 
 
 class TorchDense(nn.Module):
@@ -212,6 +247,7 @@ class SNConv(nn.Module):
   use_bias: bool = False
   spectral_norm: bool = True
   sn_steps: int = 1
+  input_grad: str = 'auto'
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -222,9 +258,9 @@ class SNConv(nn.Module):
     if self.spectral_norm:
       w = spectral_normalize(self, w, update_stats, self.sn_steps)
     p = self.padding
-    y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), w.astype(self.dtype), (self.stride, self.stride),
-        [(p, p), (p, p)], dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    y = conv_lib.conv2d(x.astype(self.dtype), w.astype(self.dtype),
+                        (self.stride, self.stride), [(p, p), (p, p)],
+                        input_grad=self.input_grad)
     if self.use_bias:
       b = self.param('bias', torch_default_bias_init(fan_in), (self.features,))
       y = y + b.astype(self.dtype)
@@ -261,17 +297,19 @@ class SNDense(nn.Module):
 class GenUpBlock(nn.Module):
   """Generator residual block that doubles the resolution."""
   features: int
+  conv_input_grad: str = 'auto'
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
+    conv = functools.partial(TorchConv, input_grad=self.conv_input_grad,
+                             dtype=self.dtype)
     h = nn.relu(batch_norm('bn1', self.dtype)(x))
     h = upsample2x(h)
-    h = TorchConv(self.features, 3, 1, 1, dtype=self.dtype, name='conv1')(h)
+    h = conv(self.features, 3, 1, 1, name='conv1')(h)
     h = nn.relu(batch_norm('bn2', self.dtype)(h))
-    h = TorchConv(self.features, 3, 1, 1, dtype=self.dtype, name='conv2')(h)
-    s = TorchConv(self.features, 1, 1, 0, dtype=self.dtype,
-                  name='shortcut')(upsample2x(x))
+    h = conv(self.features, 3, 1, 1, name='conv2')(h)
+    s = conv(self.features, 1, 1, 0, name='shortcut')(upsample2x(x))
     return h + s
 
 
@@ -291,6 +329,7 @@ class ResGenerator(nn.Module):
   image_size: int = 32
   num_channels: int = 3
   style: str = 'cifar'
+  conv_input_grad: str = 'auto'
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -301,9 +340,11 @@ class ResGenerator(nn.Module):
     # The reference views the linear output as [B, C, 4, 4].
     h = h.reshape(b, widths[0], 4, 4).transpose(0, 2, 3, 1)  # [B, 4, 4, C]
     for i, w in enumerate(widths[1:]):
-      h = GenUpBlock(w, dtype=self.dtype, name=f'block{i}')(h)
+      h = GenUpBlock(w, self.conv_input_grad, dtype=self.dtype,
+                     name=f'block{i}')(h)
     h = nn.relu(batch_norm('bn_out', self.dtype)(h))
-    h = TorchConv(self.num_channels, 3, 1, 1, dtype=self.dtype,
+    h = TorchConv(self.num_channels, 3, 1, 1,
+                  input_grad=self.conv_input_grad, dtype=self.dtype,
                   name='conv_out')(h)
     return jnp.tanh(h).astype(jnp.float32)  # [B, H, W, C]
 
@@ -315,13 +356,14 @@ class EbmBlock(nn.Module):
   first: bool = False  # The start block: no leading ReLU, pool-then-conv skip.
   spectral_norm: bool = True
   sn_steps: int = 1
+  conv_input_grad: str = 'auto'
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, update_stats: bool) -> Array:
     conv = lambda f, k, p, name: SNConv(  # pylint: disable=g-long-lambda
         f, k, 1, p, spectral_norm=self.spectral_norm, sn_steps=self.sn_steps,
-        dtype=self.dtype, name=name)
+        input_grad=self.conv_input_grad, dtype=self.dtype, name=name)
     h = x if self.first else nn.relu(x)
     h = conv(self.features, 3, 1, 'conv1')(h, update_stats)
     h = nn.relu(h)
@@ -355,6 +397,7 @@ class ResEBM(nn.Module):
   style: str = 'cifar'
   spectral_norm: bool = True
   sn_steps: int = 1
+  conv_input_grad: str = 'auto'
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -363,7 +406,8 @@ class ResEBM(nn.Module):
     layout = resnet_ebm_layout(self.nef, self.image_size, self.style)
     for i, (w, down) in enumerate(layout):
       h = EbmBlock(w, down, first=(i == 0), spectral_norm=self.spectral_norm,
-                   sn_steps=self.sn_steps, dtype=self.dtype,
+                   sn_steps=self.sn_steps,
+                   conv_input_grad=self.conv_input_grad, dtype=self.dtype,
                    name=f'block{i}')(h, update_stats)
     h = jnp.mean(nn.relu(h), axis=(1, 2))  # [B, nef]
     e = SNDense(1, use_bias=False, spectral_norm=self.spectral_norm,
@@ -437,24 +481,27 @@ class SimpleGenerator(nn.Module):
   ngf: int
   image_size: int = 32
   num_channels: int = 3
+  conv_input_grad: str = 'auto'
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, z: Array) -> Array:
     n_up = _log2_int(self.image_size, 'config.data.image_size') - 2
+    # Transposed convs as input-dilated convs (lax.conv_transpose's
+    # arithmetic): a 4x4 'VALID' transposed conv of a 1x1 map pads by 3.
+    convt = functools.partial(Conv2d, kernel=4,
+                              input_grad=self.conv_input_grad,
+                              dtype=self.dtype)
     h = z[:, None, None, :].astype(self.dtype)  # [B, 1, 1, nz]
-    h = nn.ConvTranspose(self.ngf * 2**n_up, (4, 4), padding='VALID',
-                         kernel_init=xavier_normal, dtype=self.dtype,
-                         name='convt0')(h)  # [B, 4, 4, C]
+    h = convt(self.ngf * 2**n_up, padding=(3, 3), name='convt0')(h)  # [B, 4, 4, C]
     for i in range(n_up):
       h = nn.relu(batch_norm(f'bn{i}', self.dtype)(h))
       last = i == n_up - 1
       feats = self.num_channels if last else self.ngf * 2**(n_up - 1 - i)
-      # PyTorch ConvTranspose2d(k=4, s=2, p=1) doubles the resolution; in
-      # lax.conv_transpose terms that is padding k - 1 - p = 2 per side.
-      h = nn.ConvTranspose(feats, (4, 4), strides=(2, 2),
-                           padding=((2, 2), (2, 2)), kernel_init=xavier_normal,
-                           dtype=self.dtype, name=f'convt{i + 1}')(h)
+      # PyTorch ConvTranspose2d(k=4, s=2, p=1) doubles the resolution: an
+      # input dilated by 2 and padded by k - 1 - p = 2 per side.
+      h = convt(feats, padding=(2, 2), lhs_dilation=2,
+                name=f'convt{i + 1}')(h)
     return jnp.tanh(h).astype(jnp.float32)
 
 
@@ -464,20 +511,21 @@ class SimpleEBM(nn.Module):
   image_size: int = 32
   spectral_norm: bool = True
   sn_steps: int = 1
+  conv_input_grad: str = 'auto'
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, update_stats: bool = True) -> Array:
     n_down = _log2_int(self.image_size, 'config.data.image_size') - 2
+    conv = functools.partial(SNConv, use_bias=True,
+                             spectral_norm=self.spectral_norm,
+                             sn_steps=self.sn_steps,
+                             input_grad=self.conv_input_grad, dtype=self.dtype)
     h = x.astype(self.dtype)
     for i in range(n_down):
-      h = SNConv(self.nef * 2**i, 4, 2, 1, use_bias=True,
-                 spectral_norm=self.spectral_norm, sn_steps=self.sn_steps,
-                 dtype=self.dtype, name=f'conv{i}')(h, update_stats)
+      h = conv(self.nef * 2**i, 4, 2, 1, name=f'conv{i}')(h, update_stats)
       h = nn.leaky_relu(h, 0.2)
-    e = SNConv(1, 4, 1, 0, use_bias=True, spectral_norm=self.spectral_norm,
-               sn_steps=self.sn_steps, dtype=self.dtype,
-               name='conv_out')(h, update_stats)
+    e = conv(1, 4, 1, 0, name='conv_out')(h, update_stats)
     return e.reshape(x.shape[0]).astype(jnp.float32)
 
 
@@ -616,12 +664,16 @@ def create_models(config, dtype: Dtype | None = None) -> Models:
         inf=MlpInference(m.nz, m.mlp_hidden, m.mlp_layers, dtype),
         data_shape=(dim,), nz=m.nz)
   check_image_size(d.image_size, m.arch, m.get('resnet_style', 'cifar'))
+  # Validated here; 'auto' is resolved when the step is traced.
+  input_grad = str(m.get('conv_input_grad', 'auto'))
+  conv_lib.resolve_input_grad(input_grad)
   shape = (d.image_size, d.image_size, d.num_channels)
   if m.arch == 'simple':
     return Models(
         ebm=SimpleEBM(m.nef, d.image_size, m.ebm_spectral_norm,
-                      m.sn_power_iterations, dtype),
-        gen=SimpleGenerator(m.nz, m.ngf, d.image_size, d.num_channels, dtype),
+                      m.sn_power_iterations, input_grad, dtype),
+        gen=SimpleGenerator(m.nz, m.ngf, d.image_size, d.num_channels,
+                            input_grad, dtype),
         inf=SimpleInference(m.nz, m.nif, d.image_size, dtype),
         data_shape=shape, nz=m.nz)
   if m.resnet_style not in RESNET_STYLES:
@@ -629,9 +681,9 @@ def create_models(config, dtype: Dtype | None = None) -> Models:
                      f'unknown; allowed: {", ".join(RESNET_STYLES)}')
   return Models(
       ebm=ResEBM(m.nef, d.image_size, m.resnet_style, m.ebm_spectral_norm,
-                 m.sn_power_iterations, dtype),
+                 m.sn_power_iterations, input_grad, dtype),
       gen=ResGenerator(m.nz, m.ngf, d.image_size, d.num_channels,
-                       m.resnet_style, dtype),
+                       m.resnet_style, input_grad, dtype),
       inf=ResInference(m.nz, m.nif, d.image_size, m.resnet_style, dtype),
       data_shape=shape, nz=m.nz)
 

@@ -1,0 +1,152 @@
+"""2-D convolution whose input gradient is itself a plain forward convolution.
+
+Both Langevin chains differentiate a network with respect to its *input*
+at every step, so the input gradient of the convolutions is most of an
+iteration's work (`benchmarks/profile_trace.py`). JAX's autodiff writes
+that gradient as a convolution of the output gradient with the flipped
+kernel, expressed by swapping the kernel's dimension labels (`01oi`) instead
+of moving any data. XLA's CPU backend has no fast kernel for that layout
+inside loops and runs those convolutions about 12-20x slower than the same
+convolution with a standard `01io` kernel (see docs/performance.md).
+
+`conv2d` computes the same forward pass; its custom VJP materialises the
+flipped, in/out-swapped kernel (a copy of the small weight tensor) and calls
+an ordinary forward convolution (with `lhs_dilation` for strided
+convolutions), which XLA maps onto its fast convolution kernels. The kernel
+gradient keeps JAX's own rule, except for transposed (input-dilated)
+convolutions, whose autodiff kernel gradient is as slow on the CPU and is
+computed as a plain convolution of the explicitly dilated input instead.
+The values are those of autodiff up to floating-point summation order.
+
+`input_grad='xla'` keeps JAX's autodiff unchanged (`lax.conv_general_dilated`
+as is); `'forward_conv'` uses the custom VJP; `'auto'` picks
+`'forward_conv'` on the CPU and `'xla'` elsewhere, since GPU and TPU
+convolution libraries handle both layouts and that choice is unmeasured
+there.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+
+Array = jax.Array
+Padding = Sequence[tuple[int, int]]
+
+INPUT_GRADS = ('auto', 'xla', 'forward_conv')
+_DIMS = ('NHWC', 'HWIO', 'NHWC')
+
+
+def resolve_input_grad(input_grad: str) -> str:
+  """'auto' -> 'forward_conv' on the CPU, 'xla' elsewhere."""
+  if input_grad not in INPUT_GRADS:
+    raise ValueError(f'config.model.conv_input_grad={input_grad!r} is unknown; '
+                     f'allowed: {", ".join(INPUT_GRADS)}')
+  if input_grad == 'auto':
+    return 'forward_conv' if jax.default_backend() == 'cpu' else 'xla'
+  return input_grad
+
+
+Pair = tuple[int, int]
+
+
+def _conv(x: Array, w: Array, strides: Pair, padding: tuple[Pair, Pair],
+          lhs_dilation: Pair) -> Array:
+  return lax.conv_general_dilated(x, w, strides, padding,
+                                  lhs_dilation=lhs_dilation,
+                                  dimension_numbers=_DIMS)
+
+
+def _input_grad_padding(in_size: int, out_size: int, k: int, stride: int,
+                        lhs_dilation: int, pad: Pair) -> Pair:
+  """Padding of the forward conv that computes a conv's input gradient.
+
+  The output gradient, dilated by the stride, is convolved with the flipped
+  kernel; `before` undoes the forward pass's leading padding and `after`
+  restores the (dilated) input rows that no output position reached.
+  """
+  before = k - 1 - pad[0]
+  dilated_in = (in_size - 1) * lhs_dilation + 1
+  dilated_out = (out_size - 1) * stride + 1
+  return before, dilated_in + k - 1 - dilated_out - before
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_forward_conv_grad(x: Array, w: Array, strides: Pair,
+                            padding: tuple[Pair, Pair],
+                            lhs_dilation: Pair) -> Array:
+  return _conv(x, w, strides, padding, lhs_dilation)
+
+
+def _fwd(x, w, strides, padding, lhs_dilation):
+  return _conv(x, w, strides, padding, lhs_dilation), (x, w)
+
+
+def _bwd(strides, padding, lhs_dilation, res, g):
+  x, w = res
+  pads = tuple(_input_grad_padding(x.shape[1 + i], g.shape[1 + i],
+                                   w.shape[i], strides[i], lhs_dilation[i],
+                                   padding[i]) for i in range(2))
+  # Materialised on purpose: a transposed *view* is what XLA runs slowly.
+  w_t = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)  # [kh, kw, out, in]
+  # The roles of the window stride and the input dilation swap.
+  gx = _conv(g, w_t.astype(g.dtype), lhs_dilation, pads, strides)
+  if strides == (1, 1) and lhs_dilation != (1, 1):
+    gw = _transposed_conv_kernel_grad(x, g, padding, lhs_dilation)
+  else:
+    _, w_vjp = jax.vjp(
+        lambda w_: _conv(x, w_, strides, padding, lhs_dilation), w)
+    (gw,) = w_vjp(g)
+  return gx.astype(x.dtype), gw.astype(w.dtype)
+
+
+def _transposed_conv_kernel_grad(x: Array, g: Array,
+                                 padding: tuple[Pair, Pair],
+                                 lhs_dilation: Pair) -> Array:
+  """Kernel gradient of an input-dilated, stride-1 conv as a plain conv.
+
+  Autodiff's form keeps the input dilation inside the convolution, which
+  XLA's CPU backend runs slowly; here the zeros are inserted explicitly
+  (`lax.pad` with interior padding) and the gradient is the correlation of
+  the padded input with the output gradient, batch as the contracted
+  feature axis.
+  """
+  pads = [(0, 0, 0)] + [(lo, hi, d - 1) for (lo, hi), d in
+                        zip(padding, lhs_dilation)] + [(0, 0, 0)]
+  xp = lax.pad(x, jnp.zeros((), x.dtype), pads)  # [B, Hp, Wp, in]
+  gw = _conv(xp.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3).astype(x.dtype),
+             (1, 1), ((0, 0), (0, 0)), (1, 1))  # [in, kh, kw, out]
+  return gw.transpose(1, 2, 0, 3)
+
+
+_conv_forward_conv_grad.defvjp(_fwd, _bwd)
+
+
+def conv2d(x: Array, w: Array, strides: Sequence[int] = (1, 1),
+           padding: Sequence[Pair] = ((0, 0), (0, 0)),
+           lhs_dilation: Sequence[int] = (1, 1),
+           input_grad: str = 'xla') -> Array:
+  """NHWC x HWIO convolution with a choice of input-gradient rule.
+
+  Args:
+    x: [B, H, W, C_in] input.
+    w: [kh, kw, C_in, C_out] kernel.
+    strides: (sh, sw) window strides.
+    padding: ((top, bottom), (left, right)) explicit padding.
+    lhs_dilation: input dilation; a transposed convolution with stride s is
+      a convolution with `lhs_dilation=(s, s)`.
+    input_grad: 'xla', 'forward_conv' or 'auto' (see the module docstring).
+
+  Returns:
+    [B, H', W', C_out].
+  """
+  strides = tuple(int(s) for s in strides)
+  padding = tuple((int(a), int(b)) for a, b in padding)
+  lhs_dilation = tuple(int(d) for d in lhs_dilation)
+  if resolve_input_grad(input_grad) == 'xla':
+    return _conv(x, w, strides, padding, lhs_dilation)
+  return _conv_forward_conv_grad(x, w, strides, padding, lhs_dilation)

@@ -1,0 +1,139 @@
+"""Tests of conv.conv2d: the forward-conv input gradient equals autodiff's.
+
+Also checks that the networks built on it compute what the plain Flax
+layers compute, and that the compiled chains contain no convolution with a
+transposed-kernel layout (the slow case on XLA's CPU backend).
+"""
+
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import test as test_config
+from dual_mcmc_jax import conv
+from dual_mcmc_jax import langevin
+from dual_mcmc_jax import networks
+from dual_mcmc_jax import train_state as ts
+from dual_mcmc_jax import train_step
+
+# (size, kernel, stride, padding, lhs_dilation): every conv the nets use, and
+# odd sizes where the stride leaves input rows unreached.
+CASES = [
+    (8, 3, 1, (1, 1), 1),  # residual 3x3
+    (8, 1, 1, (0, 0), 1),  # residual 1x1 shortcut
+    (16, 4, 2, (1, 1), 1),  # plain EBM / inference downsampling
+    (15, 4, 2, (1, 1), 1),
+    (7, 3, 2, (1, 0), 1),  # asymmetric padding
+    (4, 4, 1, (0, 0), 1),  # 4x4 valid head
+    (1, 4, 1, (3, 3), 1),  # plain generator's first transposed conv
+    (4, 4, 1, (2, 2), 2),  # plain generator's upsampling transposed conv
+    (5, 4, 1, (2, 2), 2),
+]
+
+
+@pytest.mark.parametrize('size,k,stride,pad,dil', CASES)
+def test_forward_conv_gradients_equal_autodiff(size, k, stride, pad, dil):
+  kx, kw = jax.random.split(jax.random.key(size * 10 + k))
+  x = jax.random.normal(kx, (2, size, size, 3))
+  w = jax.random.normal(kw, (k, k, 3, 5))
+
+  def loss(x, w, rule):
+    y = conv.conv2d(x, w, (stride, stride), (pad, pad), (dil, dil), rule)
+    return jnp.sum(jnp.sin(y))  # a non-constant output gradient
+
+  y_ref = conv.conv2d(x, w, (stride, stride), (pad, pad), (dil, dil), 'xla')
+  y = conv.conv2d(x, w, (stride, stride), (pad, pad), (dil, dil),
+                  'forward_conv')
+  np.testing.assert_array_equal(np.asarray(y), np.asarray(y_ref))
+  g_ref = jax.grad(loss, (0, 1))(x, w, 'xla')
+  g = jax.grad(loss, (0, 1))(x, w, 'forward_conv')
+  for a, b in zip(g, g_ref):
+    assert a.shape == b.shape
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
+                               atol=1e-5 * float(jnp.max(jnp.abs(b))))
+
+
+def test_rule_names_are_checked_and_auto_resolves_by_backend():
+  assert conv.resolve_input_grad('auto') == (
+      'forward_conv' if jax.default_backend() == 'cpu' else 'xla')
+  assert conv.resolve_input_grad('xla') == 'xla'
+  with pytest.raises(ValueError, match=r'config\.model\.conv_input_grad.*'
+                     r'allowed: auto, xla, forward_conv'):
+    conv.resolve_input_grad('fast')
+  config = test_config.get_config()
+  config.model.conv_input_grad = 'fast'
+  with pytest.raises(ValueError, match='conv_input_grad'):
+    networks.create_models(config)
+
+
+def test_plain_generator_equals_flax_conv_transpose():
+  """The input-dilated convs are the transposed convs they replace."""
+  config = test_config.get_config()
+  config.model.arch = 'simple'
+  models = networks.create_models(config)
+  variables = models.gen.init(jax.random.key(0), jnp.zeros((4, models.nz)))
+  z = jax.random.normal(jax.random.key(1), (4, models.nz))
+  got, _ = models.gen.apply(variables, z, mutable=['batch_stats'])
+
+  class FlaxReference(nn.Module):
+
+    @nn.compact
+    def __call__(self, z):
+      g = models.gen
+      n_up = int(np.log2(g.image_size)) - 2
+      h = nn.ConvTranspose(g.ngf * 2**n_up, (4, 4), padding='VALID',
+                           name='convt0')(z[:, None, None, :])
+      for i in range(n_up):
+        h = nn.relu(networks.batch_norm(f'bn{i}')(h))
+        feats = g.num_channels if i == n_up - 1 else g.ngf * 2**(n_up - 1 - i)
+        h = nn.ConvTranspose(feats, (4, 4), strides=(2, 2),
+                             padding=((2, 2), (2, 2)),
+                             name=f'convt{i + 1}')(h)
+      return jnp.tanh(h)
+
+  want, _ = FlaxReference().apply(variables, z, mutable=['batch_stats'])
+  assert got.shape == (4,) + models.data_shape
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5,
+                             atol=1e-6)
+
+
+@pytest.mark.parametrize('arch', ['resnet', 'simple'])
+def test_chains_agree_and_compile_without_transposed_kernel_layout(arch):
+  config = test_config.get_config()
+  config.model.arch = arch
+  lx = langevin.LangevinSettings.from_config(config.langevin_x)
+  lz = langevin.LangevinSettings.from_config(config.langevin_z)
+  out, hlo = {}, {}
+  for rule in ('xla', 'forward_conv'):
+    config.model.conv_input_grad = rule
+    models = networks.create_models(config)
+    state = ts.create_train_state(
+        models, ts.create_optimizers(config.optim, 10), 0)
+    x = jax.random.uniform(jax.random.key(2), (8,) + models.data_shape,
+                           minval=-1, maxval=1)
+    z = jax.random.normal(jax.random.key(3), (8, models.nz))
+
+    def chains(state, x, z, models=models):
+      x1, _, _ = train_step.revise_x(models, state.ebm, x, jax.random.key(4),
+                                     lx)
+      z1, _, _ = train_step.revise_z(models, state.gen, z, x,
+                                     jax.random.key(5), lz, 0.3, 1.0)
+      return x1 - x, z1 - z  # what the chains moved
+
+    fn = jax.jit(chains)
+    out[rule] = fn(state, x, z)
+    hlo[rule] = fn.lower(state, x, z).compile().as_text()
+  for a, b in zip(out['forward_conv'], out['xla']):
+    assert float(jnp.max(jnp.abs(b))) > 1e-4  # the chains did move
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
+                               atol=1e-4 * float(jnp.max(jnp.abs(b))))
+  layouts = lambda text: set(re.findall(r'dim_labels=\w+_(\w+)->', text))
+  # Inside the chains' loops XLA keeps autodiff's transposed-kernel layout
+  # (the slow case on the CPU); the forward-conv rule leaves only the
+  # standard one.
+  assert '01oi' in layouts(hlo['xla']), layouts(hlo['xla'])
+  assert layouts(hlo['forward_conv']) <= {'01io'}, layouts(hlo['forward_conv'])
