@@ -46,10 +46,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from dual_mcmc_jax import conv
 from dual_mcmc_jax import networks
 from dual_mcmc_jax import sharding
 from dual_mcmc_jax import train_state as ts
 from dual_mcmc_jax import train_step as train_step_lib
+import profile_trace
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config.')
@@ -59,7 +61,8 @@ flags.DEFINE_bool('sweep', False, 'Also sweep batch, chain length, width.')
 flags.DEFINE_enum('baseline', 'none', ['none', 'torch'],
                   'Also time the PyTorch reference iteration.')
 flags.DEFINE_string('profile_dir', None,
-                    'Write a jax.profiler trace of the timed iterations here.')
+                    'Write a jax.profiler trace of the timed iterations here '
+                    'and print where their time went (profile_trace.py).')
 flags.mark_flags_as_required(['config'])
 
 
@@ -74,6 +77,9 @@ def _lowered_flops(config: ml_collections.ConfigDict, x_steps: int,
   """XLA's flop estimate of the step with the given chain lengths."""
   c = ml_collections.ConfigDict(config.to_dict())
   c.langevin_x.steps, c.langevin_z.steps = x_steps, z_steps
+  # Count the model's own arithmetic: the CPU's forward-conv gradient rule
+  # multiplies the zeros of dilated inputs too (dual_mcmc_jax/conv.py).
+  c.model.conv_input_grad = 'xla'
   models = networks.create_models(c)
   optimizers = ts.create_optimizers(c.optim, steps_per_epoch=500)
   state = jax.eval_shape(
@@ -159,14 +165,18 @@ def benchmark(config: ml_collections.ConfigDict, iters: int, warmup: int = 1,
   jax.block_until_ready(state)
   times = []
   if profile_dir:
-    jax.profiler.start_trace(profile_dir)
+    jax.profiler.start_trace(profile_dir, create_perfetto_trace=True)
   for _ in range(iters):
     t0 = time.perf_counter()
     state, metrics = compiled(state, batch)
     jax.block_until_ready((state, metrics))
     times.append(time.perf_counter() - t0)
+  profile = None
   if profile_dir:
     jax.profiler.stop_trace()
+    profile = profile_trace.summarize(
+        profile_dir, compiled.as_text(), iters, int(config.langevin_x.steps),
+        int(config.langevin_z.steps), bool(config.training.second_x_chain))
   flop_counts = count_flops(config)
   flops = flop_counts['flops_per_iter']
   median = statistics.median(times)
@@ -186,6 +196,8 @@ def benchmark(config: ml_collections.ConfigDict, iters: int, warmup: int = 1,
       'device_kind': jax.devices()[0].device_kind,
       'platform': jax.devices()[0].platform,
       'dtype': str(config.training.get('compute_dtype', 'float32')),
+      'conv_input_grad': conv.resolve_input_grad(
+          str(config.model.get('conv_input_grad', 'auto'))),
       'arch': config.model.arch,
       'image_size': int(config.data.image_size),
       'ngf': int(config.model.ngf),
@@ -201,6 +213,7 @@ def benchmark(config: ml_collections.ConfigDict, iters: int, warmup: int = 1,
       'params_inf': n_params['inf'],
       'iters': iters,
       'healthy': bool(metrics['healthy']),
+      **({'profile': profile} if profile else {}),
   }
 
 
@@ -311,6 +324,8 @@ def main(argv):
         f'{result["params_inf"]:,}')
   print(HEADER)
   print(_row('jax', result))
+  if 'profile' in result:
+    print(profile_trace.format_summary(result['profile']))
   if FLAGS.baseline == 'torch':
     torch_result = benchmark_torch(config, FLAGS.iters, FLAGS.warmup)
     result['torch_sec_per_iter_median'] = torch_result['sec_per_iter_median']
