@@ -24,20 +24,14 @@ TIMEOUT_S = 600  # per cell; the whole quick run takes about two minutes
 
 
 def _kernel_env(tmp_path):
-  env = dict(os.environ)
-  env.update(
+  """The variables the kernel inherits on top of this process's."""
+  return dict(
       DUAL_MCMC_QUICK='1',
       DUAL_MCMC_WORKDIR=str(tmp_path / 'work'),
       DUAL_MCMC_FIGURES=str(tmp_path / 'figures'),
-      PYTHONPATH=os.pathsep.join([ROOT, env.get('PYTHONPATH', '')]).rstrip(
-          os.pathsep),
-      MPLBACKEND='Agg',
+      PYTHONPATH=os.pathsep.join(
+          p for p in (ROOT, os.environ.get('PYTHONPATH')) if p),
   )
-  # The kernel must run this interpreter: put its folder first on PATH so
-  # that the `python3` kernelspec resolves to it.
-  env['PATH'] = os.pathsep.join(
-      [os.path.dirname(sys.executable), env.get('PATH', '')])
-  return env
 
 
 def test_quickstart_notebook_runs_in_quick_mode(tmp_path, monkeypatch):
@@ -55,11 +49,18 @@ def test_quickstart_notebook_runs_in_quick_mode(tmp_path, monkeypatch):
       resources={'metadata': {'path': os.path.join(ROOT, 'notebooks')}})
   client.execute()  # Raises CellExecutionError naming the failing cell.
 
-  setup_output = [o for c in nb.cells if c.cell_type == 'code'
-                for o in c.outputs if o.get('name') == 'stdout'
-                and 'repository:' in o.get('text', '')]
-  assert setup_output, 'the setup cell printed nothing'
+  setup_output = ''.join(o.get('text', '') for o in nb.cells[1].outputs
+                         if o.get('name') == 'stdout')
+  root = os.path.realpath(ROOT)
+  assert f'repository: {root}' in setup_output, setup_output
+  # jupyter_client runs the kernelspec's `python` as this interpreter, so
+  # the notebook sees the packages this test run has.
+  assert f'python: {sys.executable}' in setup_output, setup_output
 
+  # Shown inline (ipykernel's matplotlib backend) and saved as files.
+  shown = [o for c in nb.cells if c.cell_type == 'code' for o in c.outputs
+           if 'image/png' in o.get('data', {})]
+  assert len(shown) == len(FIGURES)
   figures = tmp_path / 'figures'
   for name in FIGURES:
     path = figures / f'notebook_{name}.png'
@@ -71,7 +72,8 @@ def test_quickstart_notebook_runs_in_quick_mode(tmp_path, monkeypatch):
   # The x-revision descends the EBM's energy from the generator's samples.
   assert (summary['toy2d_chain_energy_end'] <
           summary['toy2d_chain_energy_start'])
-  for key in ('toy2d_data_energy', 'digits_reconstruction_mse_before_z_revision',
+  for key in ('toy2d_data_energy',
+              'digits_reconstruction_mse_before_z_revision',
               'digits_reconstruction_mse_after_z_revision'):
     assert math.isfinite(summary[key]), key
   for mask in ('M30', 'R40'):
