@@ -19,6 +19,10 @@ spectral-norm power iteration (and the generator's BatchNorm running
 statistics) are threaded through the loop as `aux` state, so that, as in the
 reference where every forward pass in train mode runs one power iteration,
 each Langevin step sees an updated normalisation.
+
+`trajectory` runs the same chain (same keys, same iterates) but also returns
+every k-th point and the energy at every step, for pictures of a chain in
+motion (the notebook); training only needs the end point.
 """
 
 from __future__ import annotations
@@ -100,17 +104,12 @@ def langevin(energy_fn: EnergyFn,
   Returns:
     (samples with gradients stopped, final aux, ChainInfo).
   """
-  coef, noise_std = step_coefficients(settings)
-  grad_fn = jax.value_and_grad(energy_fn, has_aux=True)
+  step = _make_step(energy_fn, x0, key, settings, mask, noise_scale)
   batch = x0.shape[0]
 
   def body(i, carry):
     x, aux, e_start, e_last, gnorm = carry
-    (energy, aux), grad = grad_fn(x, aux)
-    eps = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
-    x_new = x - coef * grad + (noise_std * noise_scale) * eps
-    if mask is not None:
-      x_new = jnp.where(mask, x0, x_new)
+    x_new, aux, energy, grad = step(i, x, aux)
     e_start = jnp.where(i == 0, energy, e_start)
     gnorm = gnorm + jnp.sqrt(jnp.sum(jnp.square(grad))) / (
         settings.steps * math.sqrt(batch))
@@ -121,6 +120,88 @@ def langevin(energy_fn: EnergyFn,
       0, settings.steps, body, (x0, aux, zero, zero, zero))
   return (jax.lax.stop_gradient(x), aux,
           ChainInfo(energy_start=e_start, energy_last=e_last, grad_norm=gnorm))
+
+
+def _make_step(energy_fn: EnergyFn, x0: Array, key: Array,
+               settings: LangevinSettings, mask: Array | None,
+               noise_scale: float | Array
+               ) -> Callable[[Array, Array, Any], tuple[Array, Any, Array,
+                                                         Array]]:
+  """One update `step(i, x, aux) -> (x_new, aux, energy at x, grad at x)`.
+
+  Shared by `langevin` and `trajectory` so that both follow the same chain.
+  """
+  coef, noise_std = step_coefficients(settings)
+  grad_fn = jax.value_and_grad(energy_fn, has_aux=True)
+
+  def step(i, x, aux):
+    (energy, aux), grad = grad_fn(x, aux)
+    eps = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
+    x_new = x - coef * grad + (noise_std * noise_scale) * eps
+    if mask is not None:
+      x_new = jnp.where(mask, x0, x_new)
+    return x_new, aux, energy, grad
+
+  return step
+
+
+def trajectory(energy_fn: EnergyFn,
+               x0: Array,
+               key: Array,
+               settings: LangevinSettings,
+               every: int = 1,
+               aux: Any = None,
+               mask: Array | None = None,
+               noise_scale: float | Array = 1.0
+               ) -> tuple[Array, Array, Any]:
+  """Runs the chain of `langevin` and keeps snapshots and energies.
+
+  Same arguments, keys and iterates as `langevin`, so the last snapshot is
+  `langevin`'s result. The steps run in a `lax.scan` over snapshots, each a
+  `fori_loop` of `every` steps, so memory grows with the number of
+  snapshots only.
+
+  Args:
+    energy_fn: `(x, aux) -> (energy summed over the batch, aux)`.
+    x0: initial points, [B, ...].
+    key: PRNG key; step i uses `fold_in(key, i)`.
+    settings: steps (a multiple of `every`), step size, noise and rule.
+    every: keep every `every`-th iterate.
+    aux: state threaded through the energy calls, or None.
+    mask: optional observation mask, as in `langevin`.
+    noise_scale: multiplies the noise.
+
+  Returns:
+    (snapshots [steps // every + 1, B, ...] holding x_0, x_every, ...,
+    x_steps; total energies [steps + 1] at x_0, x_1, ..., x_steps; the
+    final aux, as `langevin` returns it). The last energy costs one extra
+    energy evaluation.
+  """
+  if every < 1 or settings.steps % every:
+    raise ValueError(f'every={every} must be a positive divisor of the '
+                     f'chain length {settings.steps}')
+  step = _make_step(energy_fn, x0, key, settings, mask, noise_scale)
+
+  def segment(carry, start):
+    def body(j, inner):
+      x, aux, energies = inner
+      x_new, aux, energy, _ = step(start + j, x, aux)
+      return x_new, aux, energies.at[j].set(energy)
+
+    x, aux = carry
+    x, aux, energies = jax.lax.fori_loop(
+        0, every, body, (x, aux, jnp.zeros((every,), jnp.float32)))
+    return (x, aux), (x, energies)
+
+  starts = jnp.arange(0, settings.steps, every)
+  (x, aux), (xs, energies) = jax.lax.scan(segment, (x0, aux), starts)
+  # The final aux stays `langevin`'s: this evaluation is not a chain step.
+  e_end, _ = energy_fn(x, aux)
+  snapshots = jnp.concatenate([x0[None], xs], axis=0)
+  energies = jnp.concatenate([energies.reshape(-1),
+                              jnp.asarray(e_end, jnp.float32)[None]])
+  return (jax.lax.stop_gradient(snapshots), jax.lax.stop_gradient(energies),
+          aux)
 
 
 def x_energy_fn(ebm_apply: Callable[..., Any], params: Any,

@@ -51,13 +51,15 @@ def scatter_image(point_sets: dict[str, np.ndarray], lim: float = 4.5,
   Returns:
     [H, W, 3] uint8.
   """
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  # A bare Figure renders with Agg without pyplot, so drawing here leaves the
+  # process's backend alone (matplotlib.use('Agg') would turn off a
+  # notebook's inline plots for good).
+  from matplotlib import figure  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
   k = len(point_sets)
-  fig, axes = plt.subplots(1, k, figsize=(size * k, size), squeeze=False)
+  fig = figure.Figure(figsize=(size * k, size))
+  axes = fig.subplots(1, k, squeeze=False)
   for ax, (title, pts) in zip(axes[0], point_sets.items()):
     pts = np.asarray(pts)
     ax.scatter(pts[:, 0], pts[:, 1], s=1, alpha=0.5)
@@ -70,7 +72,6 @@ def scatter_image(point_sets: dict[str, np.ndarray], lim: float = 4.5,
   fig.tight_layout()
   buf = io.BytesIO()
   fig.savefig(buf, format='png', dpi=80)
-  plt.close(fig)
   buf.seek(0)
   return np.asarray(Image.open(buf).convert('RGB'))
 

@@ -136,6 +136,45 @@ def test_mask_holds_observed_entries():
   assert np.all(x[~mask] != x0[~mask])
 
 
+def _counting_gaussian_energy(x, count):
+  return _gaussian_energy(x, None)[0], count + 1
+
+
+def test_trajectory_follows_the_langevin_chain():
+  # Same keys and updates: every snapshot is the end of a shorter `langevin`
+  # chain, and the energies are the chain's own values.
+  key = jax.random.key(5)
+  x0 = jnp.asarray(np.random.default_rng(3).normal(size=(4, 2)), jnp.float32)
+  settings = langevin.LangevinSettings(steps=6, step_size=0.3, noise=0.2)
+  snaps, energies, count = jax.jit(
+      lambda x, k: langevin.trajectory(_counting_gaussian_energy, x, k,
+                                       settings, every=2, aux=0))(x0, key)
+  assert snaps.shape == (4, 4, 2) and energies.shape == (7,)
+  np.testing.assert_array_equal(snaps[0], x0)
+  for k in range(1, 4):
+    xk, count_k, info = langevin.langevin(
+        _counting_gaussian_energy, x0, key,
+        langevin.LangevinSettings(steps=2 * k, step_size=0.3, noise=0.2),
+        aux=0)
+    np.testing.assert_allclose(snaps[k], xk, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(energies[0], info.energy_start, rtol=1e-6)
+    np.testing.assert_allclose(energies[2 * k - 1], info.energy_last,
+                               rtol=1e-6)
+  # The closing energy evaluation is not a step: aux as `langevin` leaves it.
+  assert int(count) == int(count_k) == 6
+  for k in range(4):
+    np.testing.assert_allclose(
+        energies[2 * k], _gaussian_energy(snaps[k], None)[0], rtol=1e-5)
+
+
+def test_trajectory_checks_every():
+  settings = langevin.LangevinSettings(steps=6, step_size=0.3)
+  for every in (0, 4):
+    with pytest.raises(ValueError, match='divisor'):
+      langevin.trajectory(_gaussian_energy, jnp.zeros((2, 2)),
+                          jax.random.key(0), settings, every=every)
+
+
 def test_aux_is_threaded_through_every_step():
   def counting_energy(x, count):
     return jnp.sum(x**2), count + 1
