@@ -14,7 +14,10 @@ flops_per_iter (XLA cost analysis, chain loops multiplied out: see
 `count_flops`), achieved_tflops,
 peak_memory_bytes (device memory statistics where the backend has them,
 process peak RSS on the CPU), the compiled program's temporary buffer size,
-devices, dtype and the config fields that matter.
+devices, dtype and the config fields that matter; with `--peak` (default)
+also the device's measured matmul peak (`peak_tflops_measured`) and the
+step's `fraction_of_peak`. `--profile_dir=DIR` traces the timed iterations
+and prints where their time went (`profile_trace.py`).
 
 `--sweep` rebuilds the step for several batch sizes, x-chain lengths
 (10 / 30 / 60 / 120) and widths and prints how time and memory grow; XLA's
@@ -60,6 +63,8 @@ flags.DEFINE_integer('warmup', 1, 'Untimed iterations after compilation.')
 flags.DEFINE_bool('sweep', False, 'Also sweep batch, chain length, width.')
 flags.DEFINE_enum('baseline', 'none', ['none', 'torch'],
                   'Also time the PyTorch reference iteration.')
+flags.DEFINE_bool('peak', True, 'Also measure the device\'s matmul peak and '
+                  'report the step\'s fraction of it.')
 flags.DEFINE_string('profile_dir', None,
                     'Write a jax.profiler trace of the timed iterations here '
                     'and print where their time went (profile_trace.py).')
@@ -130,6 +135,25 @@ def peak_memory_bytes() -> tuple[int, str]:
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   scale = 1 if sys.platform == 'darwin' else 1024  # Linux reports KiB.
   return int(rss * scale), 'process_peak_rss'
+
+
+def measure_peak_tflops(dtype: Any = jnp.float32, n: int = 4096,
+                        iters: int = 5) -> float:
+  """Best measured TFLOP/s of an n x n matmul on the first device.
+
+  The reference point for `fraction_of_peak`: what this device sustains on
+  the densest kernel it has, in the step's compute dtype, measured rather
+  than taken from a datasheet.
+  """
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
+  matmul = jax.jit(jnp.dot)
+  matmul(a, a).block_until_ready()
+  best = float('inf')
+  for _ in range(iters):
+    t0 = time.perf_counter()
+    matmul(a, a).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return 2 * n**3 / best / 1e12
 
 
 def benchmark(config: ml_collections.ConfigDict, iters: int, warmup: int = 1,
@@ -318,12 +342,20 @@ def main(argv):
   del argv
   config = FLAGS.config
   result = benchmark(config, FLAGS.iters, FLAGS.warmup, FLAGS.profile_dir)
+  if FLAGS.peak:
+    peak = measure_peak_tflops(networks.compute_dtype(config))
+    result['peak_tflops_measured'] = peak
+    result['fraction_of_peak'] = result['achieved_tflops'] / peak
   print(f'devices: {result["devices"]} x {result["device_kind"]} '
         f'({result["platform"]}), dtype {result["dtype"]}, params E '
         f'{result["params_ebm"]:,} G {result["params_gen"]:,} I '
         f'{result["params_inf"]:,}')
   print(HEADER)
   print(_row('jax', result))
+  if FLAGS.peak:
+    print(f'measured peak (4096^2 {result["dtype"]} matmul): '
+          f'{result["peak_tflops_measured"]:.3f} TFLOP/s; the step reaches '
+          f'{100 * result["fraction_of_peak"]:.1f}% of it')
   if 'profile' in result:
     print(profile_trace.format_summary(result['profile']))
   if FLAGS.baseline == 'torch':

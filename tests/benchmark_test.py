@@ -63,8 +63,10 @@ def test_benchmark_prints_json_with_its_own_profile(tmp_path):
   for key in ('sec_per_iter_median', 'sec_per_iter_min', 'compile_sec',
               'flops_per_iter', 'achieved_tflops', 'peak_memory_bytes',
               'devices', 'dtype', 'ngf', 'nef', 'nif', 'batch_size',
-              'langevin_x_steps', 'langevin_z_steps', 'second_x_chain'):
+              'langevin_x_steps', 'langevin_z_steps', 'second_x_chain',
+              'peak_tflops_measured', 'fraction_of_peak'):
     assert key in result, key
+  assert result['peak_tflops_measured'] > 0
   assert result['healthy'] and result['flops_per_iter'] > 0
   # 3 x-steps in each of two x-chains, 2 z-steps (configs/test.py).
   flops = (result['flops_outside_chains'] + 3 * result['flops_per_x_step'] +
