@@ -119,7 +119,7 @@ def _copy(src: str, tmp_path) -> str:
   return dst
 
 
-# --- Kill -9 at any moment -------------------------------------------------
+# --- Kill -9 at any moment -----------------------------------------------
 
 # Runs main.py with orbax's final rename (the commit of a checkpoint) of one
 # step blocked after its files were written, so that the test can kill the
@@ -165,13 +165,16 @@ def test_killed_repeatedly_then_finished_equals_an_uninterrupted_run(
   quiet = dict(cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                stderr=subprocess.DEVNULL)
 
-  # 1. Killed while the checkpoint of step 4 is being written.
+  # 1. Killed while the checkpoint of a random step is being written.
+  blocked = rng.choice([2, 4, 6])
   marker = str(tmp_path / 'committing')
-  proc = subprocess.Popen([sys.executable, '-c', _BLOCK_COMMIT, '4', marker] +
-                          _main_command(workdir)[2:], **quiet)
-  assert _wait_for(lambda: os.path.exists(marker), proc), 'no save of step 4'
+  proc = subprocess.Popen(
+      [sys.executable, '-c', _BLOCK_COMMIT, str(blocked), marker] +
+      _main_command(workdir)[2:], **quiet)
+  assert _wait_for(lambda: os.path.exists(marker), proc), (
+      f'no save of step {blocked}')
   _kill(proc)
-  assert _saved_steps(workdir) == [2]
+  assert _saved_steps(workdir) == list(range(2, blocked, 2))
   assert _tmp_checkpoint_dirs(workdir), 'the killed save left no temp dir'
 
   # 2, 3. Killed at a random moment after some progress.
@@ -179,8 +182,10 @@ def test_killed_repeatedly_then_finished_equals_an_uninterrupted_run(
     before = max(_saved_steps(workdir), default=0)
     proc = subprocess.Popen(_main_command(workdir), **quiet)
     _wait_for(lambda: max(_saved_steps(workdir), default=0) > before, proc)
-    time.sleep(rng.uniform(0, 0.5))
+    time.sleep(rng.uniform(0, 0.2))
+    assert proc.poll() is None, 'the run ended before it could be killed'
     _kill(proc)
+    assert max(_saved_steps(workdir)) < NUM_STEPS
 
   # 4. Finished by the same command.
   out = subprocess.run(_main_command(workdir), cwd=REPO, env=env,
@@ -213,7 +218,7 @@ def test_damaged_latest_checkpoint_is_skipped_for_the_previous_one(
     assert f.read() == damaged_bytes
 
 
-# --- Divergence ---------------------------------------------------------------
+# --- Divergence ----------------------------------------------------------
 
 
 def _poison_batches(monkeypatch, step: int, num_iterators: int | None):
@@ -240,16 +245,30 @@ def _poison_batches(monkeypatch, step: int, num_iterators: int | None):
   monkeypatch.setattr(input_pipeline, 'create_train_iterator', poisoned)
 
 
+def _tensorboard_tags(workdir) -> set[str]:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return {v.tag
+          for path in glob.glob(os.path.join(str(workdir), 'events.out.*'))
+          for event in tf.compat.v1.train.summary_iterator(path)
+          for v in event.summary.value}
+
+
 def test_injected_nan_is_rolled_back_and_a_restart_keeps_the_remedy(
-    tmp_path, monkeypatch):
+    tmp_path, monkeypatch, caplog):
   config = _cheap_config(6)
   config.recovery.lr_factor = 0.5
   seed = int(config.training.seed)
 
   # A transient NaN at step 3 in a run of 6: rolled back to step 2.
   _poison_batches(monkeypatch, 3, num_iterators=1)
-  straight = jax.device_get(
-      train.train_and_evaluate(config, str(tmp_path / 'a')))
+  with caplog.at_level(logging.WARNING):
+    straight = jax.device_get(
+        train.train_and_evaluate(config, str(tmp_path / 'a')))
+  assert 'diverged at step 3' in caplog.text
+  assert 'rollback 1 of 3 to step 2' in caplog.text
+  assert 'learning rates x0.5' in caplog.text
+  assert {'recovery/rollbacks', 'recovery/lr_scale'} <= _tensorboard_tags(
+      tmp_path / 'a')
   with open(tmp_path / 'a' / recovery.RECORD_FILE) as f:
     record = json.load(f)['rollbacks']
   assert [(r['diverged_at_step'], r['rolled_back_to_step'])
@@ -284,7 +303,7 @@ def test_divergence_stops_with_a_clear_message_when_no_rollback_is_left(
   assert _saved_steps(tmp_path) == [2]
 
 
-# --- Bad input ------------------------------------------------------------------
+# --- Bad input -----------------------------------------------------------
 
 
 def _set(**fields):
@@ -369,6 +388,11 @@ BAD_INPUTS = [
     ('dataset_missing_offline', _tfds_set_not_prepared,
      ['svhn', 'not prepared', '--config.data.download=True']),
     ('unwritable_workdir', _workdir_under_a_file, ['not writable']),
+    ('energy_diff_explodes_no_rollback_left',
+     _set(**{'loss.energy_diff_limit': 1e-12, 'recovery.max_retries': 0,
+             'training.num_train_steps': NUM_STEPS + 2}),
+     ['diverged at step 13', 'last good checkpoint: step 12',
+      'Gave up after 0 rollback']),
     ('disk_full', _disk_fills_up,
      ['step 14', 'disk is full', 'earlier checkpoints are intact']),
 ]
@@ -378,6 +402,7 @@ BAD_INPUTS = [
                          ids=[c[0] for c in BAD_INPUTS])
 def test_bad_input_is_one_error_line_and_keeps_the_checkpoints(
     case, change, words, tmp_path, clean_run, monkeypatch):
+  del case  # In the test id.
   workdir = _copy(clean_run[0], tmp_path)
   config = _cheap_config()
   run_dir = change(config, workdir, monkeypatch)
@@ -391,9 +416,9 @@ def test_bad_input_is_one_error_line_and_keeps_the_checkpoints(
   for word in words:
     assert word in line, (word, line)
   after = _snapshot(workdir)
-  if case == 'disk_full':
-    # That run legitimately stored its longer num_train_steps before the
-    # save failed; config.json is not a checkpoint.
+  if config.training.num_train_steps != NUM_STEPS:
+    # A longer run may resume a shorter one: it stored its own step count
+    # before failing. config.json is not a checkpoint.
     before.pop('config.json'), after.pop('config.json')
   assert after == before
 
@@ -409,3 +434,22 @@ def test_unknown_config_field_on_the_command_line_is_one_line(tmp_path):
   assert 'not a config field' in last
   assert 'Traceback' not in out.stderr
   assert not os.path.exists(workdir)
+
+
+def test_allow_config_change_resumes_and_keeps_the_old_config(tmp_path,
+                                                              clean_run):
+  workdir = _copy(clean_run[0], tmp_path)
+  with open(os.path.join(workdir, 'config.json')) as f:
+    old = f.read()
+  config = _cheap_config()
+  config.training.seed = 7
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r'training\.seed: 1 -> 7'):
+    train.train_and_evaluate(config, workdir)
+  config.recovery.allow_config_change = True
+  state = train.train_and_evaluate(config, workdir)  # Nothing left to train.
+  assert int(state.step) == NUM_STEPS
+  with open(os.path.join(workdir, 'config.before_change.json')) as f:
+    assert f.read() == old
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['training']['seed'] == 7
