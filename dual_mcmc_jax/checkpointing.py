@@ -47,6 +47,8 @@ RUN_DEFINING_FIELDS = (
 )
 
 _FORCE_FLAG = '--config.recovery.allow_config_change=True'
+# Orbax and TensorStore errors run to pages; an error line keeps their start.
+_MAX_REASON_CHARS = 120
 
 
 class CheckpointError(RuntimeError):
@@ -192,7 +194,8 @@ def restore_latest(manager: ocp.CheckpointManager, abstract: Any
       state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as e:  # pylint: disable=broad-exception-caught
       # Orbax and tensorstore raise many types for missing or damaged files.
-      reason = f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'
+      first_line = str(e).splitlines()[0] if str(e) else ''
+      reason = f'{type(e).__name__}: {first_line}'[:_MAX_REASON_CHARS]
       errors.append(f'step {step} ({reason})')
       logging.warning('Checkpoint at step %d in %s cannot be restored (%s); '
                       'falling back to the previous one. It is left on '
@@ -210,32 +213,54 @@ def restore_latest(manager: ocp.CheckpointManager, abstract: Any
   return None
 
 
-def _save_failure(step: int, directory: Any, e: OSError) -> CheckpointError:
-  if e.errno == errno.ENOSPC:
+# How a full disk shows up: an OSError from Python's file calls, or a
+# ValueError carrying TensorStore's status from orbax's background writes.
+_DISK_FULL_MARKERS = ('RESOURCE_EXHAUSTED', 'No space left on device')
+
+
+def _save_failure(step: int | None, directory: Any,
+                  e: Exception) -> CheckpointError:
+  what = 'a checkpoint' if step is None else f'the checkpoint of step {step}'
+  text = str(e)
+  if (getattr(e, 'errno', None) == errno.ENOSPC or
+      any(m in text for m in _DISK_FULL_MARKERS)):
     problem = 'the disk is full'
-    fix = 'free disk space'
   else:
-    problem = e.strerror or str(e)
-    fix = 'fix the problem'
+    reason = text.splitlines()[0] if text else type(e).__name__
+    problem = reason[:_MAX_REASON_CHARS]
   return CheckpointError(
-      f'saving the checkpoint of step {step} in {directory} failed: '
-      f'{problem}; earlier checkpoints are intact: {fix} and rerun the same '
-      'command to resume')
+      f'saving {what} in {directory} failed: '
+      f'{problem}; earlier checkpoints are intact: fix that (unfinished '
+      '*.orbax-checkpoint-tmp* directories there may be removed) and rerun '
+      'the same command to resume')
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
-  """Saves `state` at `step`; an OS failure becomes one CheckpointError."""
+def save(manager: ocp.CheckpointManager, step: int, state: Any,
+         pending_step: int | None) -> None:
+  """Saves `state` at `step` in the background.
+
+  Args:
+    manager: the workdir's checkpoint manager.
+    step: the step of `state`.
+    state: the train state.
+    pending_step: the step of the previous save, which may still be being
+      written; its failure is reported under its own step.
+
+  Raises:
+    CheckpointError: this save or the pending one failed (disk full,
+      permissions); the checkpoints finished before are untouched.
+  """
+  wait_until_finished(manager, pending_step)
   try:
     manager.save(step, args=ocp.args.StandardSave(state))
-  except OSError as e:
+  except (OSError, ValueError) as e:
     raise _save_failure(step, manager.directory, e) from e
 
 
 def wait_until_finished(manager: ocp.CheckpointManager,
-                        step: int | None) -> None:
-  """Waits for a background save; its OS failure becomes a CheckpointError."""
+                        pending_step: int | None) -> None:
+  """Waits for a background save; its failure becomes a CheckpointError."""
   try:
     manager.wait_until_finished()
-  except OSError as e:
-    raise _save_failure(step if step is not None else -1, manager.directory,
-                        e) from e
+  except (OSError, ValueError) as e:
+    raise _save_failure(pending_step, manager.directory, e) from e

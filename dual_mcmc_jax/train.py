@@ -239,61 +239,90 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                report=periodic_actions.ReportProgress(
                    num_train_steps=total_steps, writer=writer),
                preemption=_SigtermFlag(), mesh=sharding.data_mesh())
+  state = _restore(loop)
   try:
     with metric_writers.ensure_flushes(writer):
+      if int(jax.device_get(state.step)) == 0 and not rollbacks:
+        writer.write_hparams({
+            k: v for k, v in _flatten(config.to_dict()).items()
+            if isinstance(v, (int, float, str, bool))})
       while True:
         try:
-          state = _train_segment(loop, rollbacks)
+          state = _train_segment(loop, rollbacks, state)
           break
         except recovery.Diverged as d:
-          rollbacks = _roll_back(loop, rollbacks, d)
+          state, rollbacks = _roll_back(loop, rollbacks, d)
   finally:
     loop.preemption.restore()
   logging.info('Finished training at step %d.', int(jax.device_get(state.step)))
   return state
 
 
+def _restore(loop: _Loop) -> ts.TrainState:
+  """The newest restorable checkpoint, or the initial state."""
+  # Remedies change learning rates, not the optimiser state's structure.
+  optimizers = ts.create_optimizers(loop.config.optim, loop.steps_per_epoch)
+  return restore_or_create_state(loop.config, loop.models, optimizers,
+                                 loop.manager)
+
+
 def _roll_back(loop: _Loop, rollbacks: list[recovery.Rollback],
-               d: recovery.Diverged) -> list[recovery.Rollback]:
-  """Records one more rollback, or raises when none is left."""
+               d: recovery.Diverged
+               ) -> tuple[ts.TrainState, list[recovery.Rollback]]:
+  """Goes back to the last good state and records the rollback.
+
+  Args:
+    loop: the run.
+    rollbacks: the rollbacks so far.
+    d: the divergence.
+
+  Returns:
+    (the restored state, the rollbacks including this one).
+
+  Raises:
+    TrainingDivergedError: `config.recovery.max_retries` are used up.
+  """
   manager = loop.manager
   # Pending saves are of healthy steps; let them finish before choosing.
   checkpointing.wait_until_finished(manager, None)
-  limit = float(loop.config.loss.energy_diff_limit)
   if recovery.give_up(loop.config, rollbacks):
     raise TrainingDivergedError(
-        _divergence_message(d.step, d.metrics, limit, manager) +
+        _divergence_message(d.step, d.metrics,
+                            float(loop.config.loss.energy_diff_limit),
+                            manager) +
         f' Gave up after {len(rollbacks)} rollback(s) '
         f'(config.recovery.max_retries={loop.config.recovery.max_retries}).')
-  target = manager.latest_step()
+  state = _restore(loop)
   rollback = recovery.Rollback(
       diverged_at_step=d.step,
-      rolled_back_to_step=0 if target is None else int(target),
+      rolled_back_to_step=int(jax.device_get(state.step)),
       loss_e=d.metrics['loss_e'], energy_diff=d.metrics['energy_diff'])
   rollbacks = rollbacks + [rollback]
   if jax.process_index() == 0:
     recovery.save_rollbacks(loop.workdir, rollbacks)
   recovery.log_rollback(loop.writer, loop.config, rollback, len(rollbacks))
-  return rollbacks
+  return state, rollbacks
 
 
-def _train_segment(loop: _Loop,
-                   rollbacks: list[recovery.Rollback]) -> ts.TrainState:
-  """Trains from the latest checkpoint to the end, with the remedies so far.
+def _train_segment(loop: _Loop, rollbacks: list[recovery.Rollback],
+                   state: ts.TrainState) -> ts.TrainState:
+  """Trains `state` to the end with the remedies of `rollbacks`.
+
+  Args:
+    loop: the run.
+    rollbacks: the rollbacks so far; they set the remedies.
+    state: a restored (or initial) state.
+
+  Returns:
+    The state at the last step, or at a SIGTERM.
 
   Raises:
     recovery.Diverged: at the first unhealthy step.
   """
   config = recovery.remedied_config(loop.config, len(rollbacks))
   optimizers = ts.create_optimizers(config.optim, loop.steps_per_epoch)
-  state = recovery.with_stream(
-      config, restore_or_create_state(config, loop.models, optimizers,
-                                      loop.manager), len(rollbacks))
+  state = recovery.with_stream(config, state, len(rollbacks))
   start_step = int(jax.device_get(state.step))
-  if start_step == 0 and not rollbacks:
-    loop.writer.write_hparams({
-        k: v for k, v in _flatten(loop.config.to_dict()).items()
-        if isinstance(v, (int, float, str, bool))})
   params = {k: networks.count_params(getattr(state, k).params)
             for k in ('ebm', 'gen', 'inf')}
   logging.info('Parameters: E %d, G %d, I %d; %d steps per epoch; '
@@ -322,6 +351,7 @@ def _train_segment(loop: _Loop,
 
   pending: list[dict[str, jax.Array]] = []
   prev: tuple[int, dict[str, jax.Array]] | None = None
+  last_save = None  # Step of the save that may still be being written.
   t_log = time.time()
   step = start_step
   with contextlib.closing(train_iter):
@@ -361,12 +391,13 @@ def _train_segment(loop: _Loop,
         # Never save a state produced by an unhealthy step.
         _check_health(step, metrics)
         with report.timed('checkpoint'):
-          checkpointing.save(manager, step, state)
+          checkpointing.save(manager, step, state, last_save)
+        last_save = step
       if stop:
         logging.warning('SIGTERM received: saved a checkpoint at step %d; '
                         'rerun the same command to resume.', step)
         break
-  checkpointing.wait_until_finished(manager, step)
+  checkpointing.wait_until_finished(manager, last_save)
   return state
 
 

@@ -29,6 +29,7 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint._src.path import atomicity
 import pytest
 
 from configs import test as test_config
@@ -76,10 +77,15 @@ def _tmp_checkpoint_dirs(workdir) -> list[str]:
 
 
 def _snapshot(workdir) -> dict[str, str]:
-  """sha256 of every file under checkpoints/ and of the workdir's JSONs."""
+  """sha256 of every file of the finished checkpoints and of the JSONs.
+
+  Unfinished (orbax temp) checkpoint directories are left out: a failed save
+  may leave one, and no run ever loads it.
+  """
   out = {}
-  paths = glob.glob(os.path.join(str(workdir), 'checkpoints', '**'),
-                    recursive=True)
+  paths = [p for step in _saved_steps(workdir) for p in glob.glob(
+      os.path.join(str(workdir), 'checkpoints', str(step), '**'),
+      recursive=True)]
   paths += glob.glob(os.path.join(str(workdir), '*.json'))
   for p in paths:
     if os.path.isfile(p):
@@ -357,15 +363,34 @@ def _disk_fills_up(config, workdir, monkeypatch):
   return workdir
 
 
+def _disk_fills_up_in_the_background_write(config, workdir, monkeypatch):
+  """A full disk as orbax reports it: its background commit fails.
+
+  The save of step 14 fails after the oldest checkpoint (8) was scheduled
+  for max_to_keep's clean-up, which must then not run.
+  """
+  config.training.num_train_steps = NUM_STEPS + 2
+
+  async def full(self, *args, **kwargs):
+    del self, args, kwargs
+    raise ValueError('RESOURCE_EXHAUSTED: Error writing "ebm.params" in '
+                     'OCDBT database: No space left on device')
+
+  # The commit (temp dir renamed to its step), as in _BLOCK_COMMIT.
+  monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, 'finalize', full)
+  return workdir
+
+
 BAD_INPUTS = [
     # (case, change, words the one error line must contain)
     ('unknown_dataset', _set(**{'data.dataset': 'no_such_set'}),
      ['config.data.dataset', 'no_such_set']),
     ('resnet_image_size_20', _set(**{'model.arch': 'resnet',
                                      'data.image_size': 20}),
-     ['config.data.image_size', 'power of two']),
+     ['config.data.image_size=20', "config.model.arch='resnet'",
+      'power of two >= 8']),
     ('simple_image_size_4', _set(**{'data.image_size': 4}),
-     ['config.data.image_size=4', 'too small']),
+     ['config.data.image_size=4', 'power of two >= 8']),
     ('zero_x_steps', _set(**{'langevin_x.steps': 0}),
      ['config.langevin_x.steps=0', '> 0']),
     ('negative_z_steps', _set(**{'langevin_z.steps': -1}),
@@ -395,6 +420,8 @@ BAD_INPUTS = [
       'Gave up after 0 rollback']),
     ('disk_full', _disk_fills_up,
      ['step 14', 'disk is full', 'earlier checkpoints are intact']),
+    ('disk_full_in_background_write', _disk_fills_up_in_the_background_write,
+     ['step 14', 'disk is full', 'earlier checkpoints are intact']),
 ]
 
 
@@ -410,6 +437,7 @@ def test_bad_input_is_one_error_line_and_keeps_the_checkpoints(
   with pytest.raises(SystemExit) as exit_info:
     main.run('train', config, run_dir)
   line = exit_info.value.code
+  print(line)  # The measured outcome, for the README table (pytest -s).
   # A string code: Python prints it to stderr and exits with status 1.
   assert isinstance(line, str) and line.startswith('error: '), line
   assert '\n' not in line
