@@ -239,8 +239,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                report=periodic_actions.ReportProgress(
                    num_train_steps=total_steps, writer=writer),
                preemption=_SigtermFlag(), mesh=sharding.data_mesh())
-  state = _restore(loop)
   try:
+    state = _restore(loop)
     with metric_writers.ensure_flushes(writer):
       if int(jax.device_get(state.step)) == 0 and not rollbacks:
         writer.write_hparams({

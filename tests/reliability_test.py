@@ -330,9 +330,14 @@ def _more_devices(config, workdir, monkeypatch):
 
 
 def _damage_every_checkpoint(config, workdir, monkeypatch):
+  """Truncates an array file of the newer two, deletes the oldest's metadata.
+  """
   del config, monkeypatch
-  for step in _saved_steps(workdir):
+  oldest, *newer = _saved_steps(workdir)
+  for step in newer:
     _truncate_largest_array_file(workdir, step)
+  os.remove(os.path.join(workdir, 'checkpoints', str(oldest), 'default',
+                         '_METADATA'))
   return workdir
 
 
