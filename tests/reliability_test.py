@@ -309,6 +309,41 @@ def test_divergence_stops_with_a_clear_message_when_no_rollback_is_left(
   assert _saved_steps(tmp_path) == [2]
 
 
+def test_divergence_before_any_checkpoint_restarts_from_the_initial_state(
+    tmp_path, monkeypatch):
+  config = _cheap_config(2)
+  _poison_batches(monkeypatch, 1, num_iterators=1)
+  state = jax.device_get(train.train_and_evaluate(config, str(tmp_path)))
+  with open(tmp_path / recovery.RECORD_FILE) as f:
+    record = json.load(f)['rollbacks']
+  assert [(r['diverged_at_step'], r['rolled_back_to_step'])
+          for r in record] == [(1, 0)]
+  assert int(state.step) == 2
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state))
+  np.testing.assert_array_equal(state.rng, ts.rng_stream(1, 1))
+
+
+def test_config_differences_name_only_run_defining_fields():
+  old = json.loads(_cheap_config().to_json_best_effort())
+  config = _cheap_config()
+  # Free to change on resume: step counts, tuning, recovery, eval.
+  config.training.num_train_steps = 10**6
+  config.optim.lr_e = 1e-5
+  config.langevin_x.step_size = 0.1
+  config.recovery.max_retries = 9
+  config.eval.batch_size = 2
+  new = json.loads(config.to_json_best_effort())
+  new['training']['a_field_added_later'] = True  # Unknown before: not a diff.
+  assert checkpointing.config_differences(old, new) == []
+  config.model.ngf = 32
+  config.data.image_size = 32
+  config.training.batch_size = 16
+  new = json.loads(config.to_json_best_effort())
+  assert checkpointing.config_differences(old, new) == [
+      'data.image_size: 16 -> 32', 'model.ngf: 16 -> 32',
+      'training.batch_size: 8 -> 16']
+
+
 # --- Bad input -----------------------------------------------------------
 
 
@@ -347,6 +382,13 @@ def _tfds_set_not_prepared(config, workdir, monkeypatch):
   config.data.num_channels = 3
   config.data.data_dir = os.path.join(workdir, '..', 'empty_tfds_dir')
   config.data.download = False
+  return workdir
+
+
+def _damage_the_rollback_record(config, workdir, monkeypatch):
+  del config, monkeypatch
+  with open(os.path.join(workdir, recovery.RECORD_FILE), 'w') as f:
+    f.write('{"rollbacks": [')
   return workdir
 
 
@@ -415,6 +457,8 @@ BAD_INPUTS = [
       '--config.recovery.allow_config_change=True']),
     ('every_checkpoint_damaged', _damage_every_checkpoint,
      ['no checkpoint', 'can be restored', 'step 12', 'step 8']),
+    ('rollback_record_damaged', _damage_the_rollback_record,
+     ['recovery.json cannot be read', 'remove it to resume without them']),
     ('dataset_missing_offline', _tfds_set_not_prepared,
      ['svhn', 'not prepared', '--config.data.download=True']),
     ('unwritable_workdir', _workdir_under_a_file, ['not writable']),
