@@ -172,7 +172,7 @@ def test_killed_repeatedly_then_finished_equals_an_uninterrupted_run(
                stderr=subprocess.DEVNULL)
 
   # 1. Killed while the checkpoint of a random step is being written.
-  blocked = rng.choice([2, 4, 6])
+  blocked = rng.choice([2, 4])
   marker = str(tmp_path / 'committing')
   proc = subprocess.Popen(
       [sys.executable, '-c', _BLOCK_COMMIT, str(blocked), marker] +
@@ -183,12 +183,14 @@ def test_killed_repeatedly_then_finished_equals_an_uninterrupted_run(
   assert _saved_steps(workdir) == list(range(2, blocked, 2))
   assert _tmp_checkpoint_dirs(workdir), 'the killed save left no temp dir'
 
-  # 2, 3. Killed at a random moment after some progress.
+  # 2, 3. Killed at a random moment after some progress. Each kill comes
+  # within a few steps of a new checkpoint, so that two of them end before
+  # step 10, whose run still has the final sample grid and save ahead.
   for _ in range(2):
     before = max(_saved_steps(workdir), default=0)
     proc = subprocess.Popen(_main_command(workdir), **quiet)
     _wait_for(lambda: max(_saved_steps(workdir), default=0) > before, proc)
-    time.sleep(rng.uniform(0, 0.2))
+    time.sleep(rng.uniform(0, 0.1))
     assert proc.poll() is None, 'the run ended before it could be killed'
     _kill(proc)
     assert max(_saved_steps(workdir)) < NUM_STEPS
