@@ -162,10 +162,11 @@ def _kill(proc):
 
 def test_killed_repeatedly_then_finished_equals_an_uninterrupted_run(
     tmp_path, clean_run):
-  clean_workdir, clean_state = clean_run
+  _, clean_state = clean_run
   workdir = str(tmp_path / 'run')
-  # Random kill moments, reproducible from the seed in a failure's message.
+  # Random kill moments; a failure's captured output names the seed.
   seed = int(time.time())
+  print(f'kill moments drawn with random.Random({seed})')
   rng = random.Random(seed)
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   quiet = dict(cwd=REPO, env=env, stdout=subprocess.DEVNULL,
@@ -203,9 +204,7 @@ def test_killed_repeatedly_then_finished_equals_an_uninterrupted_run(
   assert _saved_steps(workdir)[-1] == NUM_STEPS
   _, resumed = train.load_state(_cheap_config(), workdir)
   assert int(resumed.step) == NUM_STEPS
-  print(f'kill moments drawn with random.Random({seed})')
   _assert_same_state(clean_state, resumed)
-  del clean_workdir
 
 
 def test_damaged_latest_checkpoint_is_skipped_for_the_previous_one(
