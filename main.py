@@ -12,7 +12,8 @@ config.eval.evaluators on the latest checkpoint (dual_mcmc_jax/evaluate.py);
 
 Any config field can be overridden with --config.<group>.<field>=value.
 Restarting the same command on the same workdir resumes from its latest
-checkpoint.
+checkpoint. Bad input (flags, config, workdir, data) exits with status 1 and
+one line `error: <problem>; <fix>` (README "Long runs").
 """
 
 import logging as std_logging
@@ -24,6 +25,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from dual_mcmc_jax import checkpointing
 from dual_mcmc_jax import evaluate
 from dual_mcmc_jax import sharding
 from dual_mcmc_jax import train
@@ -54,6 +56,58 @@ class _QuietCheckpointLogs(std_logging.Filter):
             '/orbax/' not in record.pathname.replace('\\', '/'))
 
 
+def _unknown_field_message(argv: list[str], e: Exception) -> str:
+  """One line for ml_collections' KeyError / AttributeError on an override."""
+  lines = str(e.args[0] if e.args else e).strip('\'"').splitlines()
+  key = lines[0].strip('\'"') if lines else ''
+  hint = f' ({lines[-1].strip()})' if len(lines) > 1 else ''
+  for arg in argv:
+    name = arg.split('=', 1)[0].lstrip('-')
+    if name.startswith('config.') and key in name.split('.'):
+      return (f'--{name}: {key!r} is not a config field{hint}; check the '
+              'spelling against configs/default.py')
+  return f'a --config override names an unknown field {key!r}{hint}'
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing with every failure turned into one line."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f'error: {e}')
+  except (KeyError, AttributeError) as e:
+    # ml_collections raises these, as tracebacks, on an unknown field.
+    sys.exit(f'error: {_unknown_field_message(argv, e)}')
+
+
+def run(mode: str, config, workdir: str) -> None:
+  """Runs `mode`; a problem with the input exits with one line.
+
+  Args:
+    mode: one of MODES.
+    config: the experiment ConfigDict.
+    workdir: the run's directory.
+
+  Raises:
+    SystemExit: with 'error: <one line>' (exit status 1) on bad input, a
+      workdir that cannot be used, a full disk, or a run that diverged with
+      no rollbacks left.
+  """
+  try:
+    if mode == 'eval':
+      evaluate.evaluate(config, workdir)
+    elif mode == 'sample':
+      evaluate.sample(config, workdir)
+    else:
+      train.train_and_evaluate(config, workdir)
+  except (ValueError, FileNotFoundError, OSError, train.TrainingDivergedError,
+          checkpointing.CheckpointError, evaluate.EvaluatorUnavailable) as e:
+    # One clear line and a non-zero exit instead of a traceback.
+    message = ' '.join(str(e).split())
+    logging.error('%s', message)
+    sys.exit(f'error: {message}')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError('Too many command-line arguments.')
@@ -72,19 +126,8 @@ def main(argv):
     pass
   logging.info('JAX process %d / %d, local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
-  try:
-    if FLAGS.mode == 'eval':
-      evaluate.evaluate(FLAGS.config, FLAGS.workdir)
-    elif FLAGS.mode == 'sample':
-      evaluate.sample(FLAGS.config, FLAGS.workdir)
-    else:
-      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (ValueError, FileNotFoundError, train.TrainingDivergedError,
-          evaluate.EvaluatorUnavailable) as e:
-    # One clear line and a non-zero exit instead of a traceback.
-    logging.error('%s', e)
-    sys.exit(f'error: {e}')
+  run(FLAGS.mode, FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

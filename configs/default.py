@@ -3,7 +3,7 @@
 Every number that the paper or the reference implementation fixes lives here
 as a field; experiment configs import `get_config()` and override what
 differs. Groups: data, model, langevin_x, langevin_z, loss, optim, training,
-eval.
+recovery, eval.
 
 Run (CIFAR-10, needs the dataset in the tfds data dir):
   python main.py --config=configs/default.py --workdir=runs/cifar10
@@ -135,6 +135,27 @@ def get_config() -> ml_collections.ConfigDict:
   training.checkpoint_every_steps = 1000
   training.max_checkpoints_to_keep = 3
   training.num_image_samples = 64  # Images in each TensorBoard grid.
+
+  # --- Recovery: divergence rollbacks and resuming -----------------------
+  # On a NaN loss or |energy_diff| > loss.energy_diff_limit the run rolls back
+  # to its last checkpoint (or the initial state) and continues with these
+  # remedies, recorded in <workdir>/recovery.json so that a restart keeps
+  # them (see dual_mcmc_jax/recovery.py).
+  config.recovery = recovery = ml_collections.ConfigDict()
+  # Rollbacks per run before a divergence stops it; 0: stop at the first
+  # divergence, as the reference does.
+  recovery.max_retries = 3
+  # Switch to a fresh random stream on each rollback, so that the replayed
+  # steps do not redraw the Langevin noise that diverged.
+  recovery.fresh_rng = True
+  # Multiplied into lr_e, lr_g and lr_i on each rollback; 1: unchanged.
+  recovery.lr_factor = 1.0
+  # Multiplied into langevin_x.step_size on each rollback; 1: unchanged.
+  recovery.langevin_x_step_factor = 1.0
+  # Resume a workdir whose config.json differs in a run-defining field
+  # (checkpointing.RUN_DEFINING_FIELDS: nets, data, seed, batch size);
+  # False refuses, so that a typo in --workdir cannot mix two runs.
+  recovery.allow_config_change = False
 
   # --- Evaluation ------------------------------------------------------------
   # `python main.py --mode=eval` runs these on the latest checkpoint and writes

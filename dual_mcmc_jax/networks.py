@@ -111,12 +111,13 @@ def check_image_size(image_size: int, arch: str, style: str = 'cifar') -> None:
   """Raises ValueError if `arch` cannot be built for `image_size`."""
   if arch == 'mlp':
     return
-  _log2_int(image_size, 'config.data.image_size')
   del style  # Every conv layout needs at least one 2x downsampling to 4x4.
-  if image_size < 8:
+  # The nets double (or halve) the resolution per block from 4x4.
+  if image_size < 8 or image_size & (image_size - 1):
     raise ValueError(
-        f'config.data.image_size={image_size} is too small for '
-        f'config.model.arch={arch!r}; use a power of two >= 8')
+        f'config.data.image_size={image_size} cannot be built by '
+        f'config.model.arch={arch!r}; use a power of two >= 8 (8, 16, 32, '
+        '64, ...)')
 
 
 class Conv2d(nn.Module):

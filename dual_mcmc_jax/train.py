@@ -3,12 +3,15 @@
 `train_and_evaluate(config, workdir)` is what `main.py` calls. A run
 restarted on the same workdir resumes from the latest checkpoint by itself,
 with the data stream continued from the same position (the input pipeline is
-deterministic in (seed, step)).
+deterministic in (seed, step)), so that a killed and restarted run ends with
+the same parameters as an uninterrupted one. Checkpoint safety lives in
+checkpointing.py, divergence rollbacks in recovery.py.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import threading
@@ -23,8 +26,10 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from dual_mcmc_jax import checkpointing
 from dual_mcmc_jax import input_pipeline
 from dual_mcmc_jax import networks
+from dual_mcmc_jax import recovery
 from dual_mcmc_jax import sharding
 from dual_mcmc_jax import train_state as ts
 from dual_mcmc_jax import train_step as train_step_lib
@@ -35,7 +40,7 @@ if TYPE_CHECKING:
 
 
 class TrainingDivergedError(RuntimeError):
-  """Raised when a loss is NaN or the energy difference explodes."""
+  """Raised when the run diverged and no rollback is left."""
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -50,8 +55,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         f'number of devices ({n_dev})')
   for group in ('langevin_x', 'langevin_z'):
     g = config[group]
-    if int(g.steps) < 0:
-      raise ValueError(f'config.{group}.steps={g.steps} must be >= 0')
+    # A chain is switched off by its own switch, never by zero steps: a
+    # zero here is a typo that would silently train a different model.
+    if int(g.steps) <= 0:
+      raise ValueError(f'config.{group}.steps={g.steps} must be > 0')
     if float(g.step_size) <= 0:
       raise ValueError(f'config.{group}.step_size={g.step_size} must be > 0')
     if float(g.noise) < 0:
@@ -59,9 +66,20 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if t.num_train_steps <= 0 and t.num_epochs <= 0:
     raise ValueError('set config.training.num_train_steps > 0 or '
                      'config.training.num_epochs > 0')
-  for name in ('log_every_steps', 'image_every_steps', 'checkpoint_every_steps'):
+  for name in ('log_every_steps', 'image_every_steps', 'checkpoint_every_steps',
+               'max_checkpoints_to_keep'):
     if int(t[name]) <= 0:
       raise ValueError(f'config.training.{name}={t[name]} must be > 0')
+  _validate_recovery(config.recovery)
+
+
+def _validate_recovery(r: ml_collections.ConfigDict) -> None:
+  if int(r.max_retries) < 0:
+    raise ValueError(
+        f'config.recovery.max_retries={r.max_retries} must be >= 0')
+  for name in ('lr_factor', 'langevin_x_step_factor'):
+    if not 0 < float(r[name]) <= 1:
+      raise ValueError(f'config.recovery.{name}={r[name]} must be in (0, 1]')
 
 
 def num_train_steps(config: ml_collections.ConfigDict,
@@ -71,28 +89,24 @@ def num_train_steps(config: ml_collections.ConfigDict,
   return int(config.training.num_epochs) * steps_per_epoch
 
 
-def create_checkpoint_manager(workdir: str, max_to_keep: int
-                              ) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), 'checkpoints'),
-      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                           create=True))
+create_checkpoint_manager = checkpointing.create_checkpoint_manager
 
 
 def restore_or_create_state(config: ml_collections.ConfigDict,
                             models: networks.Models,
                             optimizers: ts.Optimizers,
                             manager: ocp.CheckpointManager) -> ts.TrainState:
-  """Latest checkpoint in the workdir if there is one, else a fresh state."""
+  """Latest restorable checkpoint in the workdir if any, else a fresh state."""
   seed = int(config.training.seed)
-  step = manager.latest_step()
-  if step is None:
-    return ts.create_train_state(models, optimizers, seed)
   abstract = jax.eval_shape(
       lambda: ts.create_train_state(models, optimizers, seed))
+  restored = checkpointing.restore_latest(manager, abstract)
+  if restored is None:
+    return ts.create_train_state(models, optimizers, seed)
+  step, state = restored
   logging.info('Resuming from checkpoint at step %d in %s', step,
                manager.directory)
-  return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  return state
 
 
 def load_state(config: ml_collections.ConfigDict, workdir: str,
@@ -112,15 +126,17 @@ def load_state(config: ml_collections.ConfigDict, workdir: str,
   # The optimiser state's structure does not depend on the schedule length.
   optimizers = ts.create_optimizers(config.optim, steps_per_epoch=1)
   manager = create_checkpoint_manager(workdir, 1_000_000)
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f'no checkpoint in {manager.directory}; train '
-                            'first or check --workdir')
   seed = int(config.training.seed)
   abstract = jax.eval_shape(
       lambda: ts.create_train_state(models, optimizers, seed))
-  state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-  return models, state
+  if step is not None:
+    return models, manager.restore(step,
+                                   args=ocp.args.StandardRestore(abstract))
+  restored = checkpointing.restore_latest(manager, abstract)
+  if restored is None:
+    raise FileNotFoundError(f'no checkpoint in {manager.directory}; train '
+                            'first or check --workdir')
+  return models, restored[1]
 
 
 def _is_image(shape: tuple[int, ...]) -> bool:
@@ -158,9 +174,29 @@ def _divergence_message(step: int, metrics: dict[str, Any], limit: float,
           'and restart on the same workdir to resume from it.')
 
 
+@dataclasses.dataclass
+class _Loop:
+  """What stays fixed across rollbacks: the run's config, data, outputs."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  models: networks.Models
+  info: input_pipeline.DatasetInfo
+  steps_per_epoch: int
+  total_steps: int
+  manager: ocp.CheckpointManager
+  writer: Any
+  report: Any
+  preemption: '_SigtermFlag'
+  mesh: Any
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> ts.TrainState:
   """Trains the three models; resumes from `workdir` if it has checkpoints.
+
+  A divergence rolls back to the last checkpoint with the remedies of
+  `config.recovery` (see recovery.py) until `config.recovery.max_retries`
+  rollbacks are used up.
 
   Args:
     config: experiment configuration.
@@ -168,6 +204,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   Returns:
     The final train state.
+
+  Raises:
+    ValueError: a bad config field.
+    checkpointing.CheckpointError: the workdir cannot be used (unwritable,
+      another config's checkpoints, unreadable checkpoints, disk full).
+    TrainingDivergedError: diverged with no rollbacks left.
   """
   # clu pulls in TensorFlow; keep it out of the import of this module so that
   # checkpoint helpers (load_state) stay light.
@@ -175,60 +217,144 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   from clu import periodic_actions  # pylint: disable=g-import-not-at-top
 
   validate_config(config)
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
   models = networks.create_models(config)
   info = input_pipeline.get_dataset_info(config)
-  batch_size = int(config.training.batch_size)
-  steps_per_epoch = max(info.num_train_examples // batch_size, 1)
+  # Everything that can fail on bad input has run before the workdir is
+  # touched.
+  workdir = checkpointing.prepare_workdir(workdir)
+  steps_per_epoch = max(
+      info.num_train_examples // int(config.training.batch_size), 1)
   total_steps = num_train_steps(config, steps_per_epoch)
-  optimizers = ts.create_optimizers(config.optim, steps_per_epoch)
-
   manager = create_checkpoint_manager(workdir,
                                       config.training.max_checkpoints_to_keep)
-  state = restore_or_create_state(config, models, optimizers, manager)
-  start_step = int(jax.device_get(state.step))
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+  checkpointing.check_and_store_config(config, workdir,
+                                       manager.latest_step() is not None)
+  rollbacks = recovery.load_rollbacks(workdir)
 
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
-  if start_step == 0:
-    writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()
-                          if isinstance(v, (int, float, str, bool))})
+  loop = _Loop(config=config, workdir=workdir, models=models, info=info,
+               steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+               manager=manager, writer=writer,
+               report=periodic_actions.ReportProgress(
+                   num_train_steps=total_steps, writer=writer),
+               preemption=_SigtermFlag(), mesh=sharding.data_mesh())
+  try:
+    state = _restore(loop)
+    with metric_writers.ensure_flushes(writer):
+      if int(jax.device_get(state.step)) == 0 and not rollbacks:
+        writer.write_hparams({
+            k: v for k, v in _flatten(config.to_dict()).items()
+            if isinstance(v, (int, float, str, bool))})
+      while True:
+        try:
+          state = _train_segment(loop, rollbacks, state)
+          break
+        except recovery.Diverged as d:
+          state, rollbacks = _roll_back(loop, rollbacks, d)
+  finally:
+    loop.preemption.restore()
+  logging.info('Finished training at step %d.', int(jax.device_get(state.step)))
+  return state
+
+
+def _restore(loop: _Loop) -> ts.TrainState:
+  """The newest restorable checkpoint, or the initial state."""
+  # Remedies change learning rates, not the optimiser state's structure.
+  optimizers = ts.create_optimizers(loop.config.optim, loop.steps_per_epoch)
+  return restore_or_create_state(loop.config, loop.models, optimizers,
+                                 loop.manager)
+
+
+def _roll_back(loop: _Loop, rollbacks: list[recovery.Rollback],
+               d: recovery.Diverged
+               ) -> tuple[ts.TrainState, list[recovery.Rollback]]:
+  """Goes back to the last good state and records the rollback.
+
+  Args:
+    loop: the run.
+    rollbacks: the rollbacks so far.
+    d: the divergence.
+
+  Returns:
+    (the restored state, the rollbacks including this one).
+
+  Raises:
+    TrainingDivergedError: `config.recovery.max_retries` are used up.
+  """
+  manager = loop.manager
+  # Pending saves are of healthy steps; let them finish before choosing.
+  checkpointing.wait_until_finished(manager, None)
+  if recovery.give_up(loop.config, rollbacks):
+    raise TrainingDivergedError(
+        _divergence_message(d.step, d.metrics,
+                            float(loop.config.loss.energy_diff_limit),
+                            manager) +
+        f' Gave up after {len(rollbacks)} rollback(s) '
+        f'(config.recovery.max_retries={loop.config.recovery.max_retries}).')
+  state = _restore(loop)
+  rollback = recovery.Rollback(
+      diverged_at_step=d.step,
+      rolled_back_to_step=int(jax.device_get(state.step)),
+      loss_e=d.metrics['loss_e'], energy_diff=d.metrics['energy_diff'])
+  rollbacks = rollbacks + [rollback]
+  if jax.process_index() == 0:
+    recovery.save_rollbacks(loop.workdir, rollbacks)
+  recovery.log_rollback(loop.writer, loop.config, rollback, len(rollbacks))
+  return state, rollbacks
+
+
+def _train_segment(loop: _Loop, rollbacks: list[recovery.Rollback],
+                   state: ts.TrainState) -> ts.TrainState:
+  """Trains `state` to the end with the remedies of `rollbacks`.
+
+  Args:
+    loop: the run.
+    rollbacks: the rollbacks so far; they set the remedies.
+    state: a restored (or initial) state.
+
+  Returns:
+    The state at the last step, or at a SIGTERM.
+
+  Raises:
+    recovery.Diverged: at the first unhealthy step.
+  """
+  config = recovery.remedied_config(loop.config, len(rollbacks))
+  optimizers = ts.create_optimizers(config.optim, loop.steps_per_epoch)
+  state = recovery.with_stream(config, state, len(rollbacks))
+  start_step = int(jax.device_get(state.step))
   params = {k: networks.count_params(getattr(state, k).params)
             for k in ('ebm', 'gen', 'inf')}
   logging.info('Parameters: E %d, G %d, I %d; %d steps per epoch; '
                'training steps %d -> %d', params['ebm'], params['gen'],
-               params['inf'], steps_per_epoch, start_step, total_steps)
+               params['inf'], loop.steps_per_epoch, start_step,
+               loop.total_steps)
 
   # Data parallel over every device: state replicated, batch split.
-  mesh = sharding.data_mesh()
+  mesh = loop.mesh
   state = sharding.replicate(state, mesh)
   train_step = jax.jit(
-      train_step_lib.make_train_step(config, models, optimizers),
+      train_step_lib.make_train_step(config, loop.models, optimizers),
       donate_argnums=0, out_shardings=sharding.replicated(mesh))
-  sample_fn = jax.jit(train_step_lib.make_sample_fn(config, models),
+  sample_fn = jax.jit(train_step_lib.make_sample_fn(config, loop.models),
                       out_shardings=sharding.replicated(mesh))
   # Host-to-device copies of the next batches overlap the running step.
   train_iter = input_pipeline.prefetch_to_device(
       input_pipeline.create_train_iterator(config, start_step=start_step),
       size=int(config.data.get('prefetch_to_device', 2)),
       sharding_fn=lambda b: (b, sharding.shard_batch(b, mesh)))
-  report = periodic_actions.ReportProgress(num_train_steps=total_steps,
-                                           writer=writer)
-  limit = float(config.loss.energy_diff_limit)
+  writer, report, manager = loop.writer, loop.report, loop.manager
+  total_steps = loop.total_steps
   n_img = int(config.training.num_image_samples)
   sample_key = jax.random.key(int(config.training.seed) + 1)
   fixed_batch = None
 
-  preemption = _SigtermFlag()
   pending: list[dict[str, jax.Array]] = []
   prev: tuple[int, dict[str, jax.Array]] | None = None
+  last_save = None  # Step of the save that may still be being written.
   t_log = time.time()
   step = start_step
-  with metric_writers.ensure_flushes(writer), contextlib.closing(train_iter):
+  with contextlib.closing(train_iter):
     for step in range(start_step + 1, total_steps + 1):
       local_batch, batch = next(train_iter)
       if fixed_batch is None:
@@ -240,14 +366,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       # Check the previous step while this one runs: one step of lag keeps
       # the host from stalling the device queue every iteration.
       if prev is not None:
-        _check_health(*prev, limit, manager)
+        _check_health(*prev)
       prev = (step, metrics)
       pending.append(metrics)
       report(step)
 
       is_last = step == total_steps
       if step % config.training.log_every_steps == 0 or is_last:
-        _check_health(step, metrics, limit, manager)
+        _check_health(step, metrics)
         summary = {k: float(np.mean(v)) for k, v in
                    jax.device_get(_stack(pending)).items() if k != 'healthy'}
         dt = time.time() - t_log
@@ -258,21 +384,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         with report.timed('samples'):
           write_samples(writer, step,
                         sample_fn(state, jax.random.fold_in(sample_key, step),
-                                  fixed_batch), info.shape, workdir)
-      stop = preemption.requested
+                                  fixed_batch), loop.info.shape, loop.workdir)
+      stop = loop.preemption.requested
       if (step % config.training.checkpoint_every_steps == 0 or is_last or
           stop):
         # Never save a state produced by an unhealthy step.
-        _check_health(step, metrics, limit, manager)
+        _check_health(step, metrics)
         with report.timed('checkpoint'):
-          manager.save(step, args=ocp.args.StandardSave(state))
+          checkpointing.save(manager, step, state, last_save)
+        last_save = step
       if stop:
         logging.warning('SIGTERM received: saved a checkpoint at step %d; '
                         'rerun the same command to resume.', step)
         break
-  manager.wait_until_finished()
-  preemption.restore()
-  logging.info('Finished training at step %d.', step)
+  checkpointing.wait_until_finished(manager, last_save)
   return state
 
 
@@ -295,14 +420,11 @@ class _SigtermFlag:
       self._previous = None
 
 
-def _check_health(step: int, metrics: dict[str, jax.Array], limit: float,
-                  manager: ocp.CheckpointManager) -> None:
+def _check_health(step: int, metrics: dict[str, jax.Array]) -> None:
   if bool(jax.device_get(metrics['healthy'])):
     return
-  manager.wait_until_finished()
-  raise TrainingDivergedError(_divergence_message(
-      step, {k: float(v) for k, v in jax.device_get(metrics).items()}, limit,
-      manager))
+  raise recovery.Diverged(
+      step, {k: float(v) for k, v in jax.device_get(metrics).items()})
 
 
 def _stack(items: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:

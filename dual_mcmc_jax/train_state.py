@@ -102,8 +102,7 @@ def create_train_state(models: networks.Models, optimizers: Optimizers,
   Returns:
     A fresh TrainState at step 0.
   """
-  root = jax.random.key(seed)
-  init_key, run_key = jax.random.split(root)
+  init_key, run_key = _seed_keys(seed)
   variables = networks.init_models(models, init_key)
   return TrainState(
       step=jnp.zeros((), jnp.int32),
@@ -111,6 +110,33 @@ def create_train_state(models: networks.Models, optimizers: Optimizers,
       gen=_net_state(variables['gen'], optimizers.gen),
       inf=_net_state(variables['inf'], optimizers.inf),
       rng=jax.random.key_data(run_key))
+
+
+def _seed_keys(seed: int) -> tuple[Array, Array]:
+  """(network init key, run base key), both derived from `seed`."""
+  init_key, run_key = jax.random.split(jax.random.key(seed))
+  return init_key, run_key
+
+
+def rng_stream(seed: int, stream: int) -> Array:
+  """Base key data of random stream `stream` of a run seeded with `seed`.
+
+  Stream 0 is the key `create_train_state` stores; stream k > 0 is the fresh
+  stream a divergence rollback switches to (the k-th), so that the replayed
+  steps draw different Langevin noise from the ones that diverged while the
+  network initialisation stays that of `seed`.
+
+  Args:
+    seed: the run's seed.
+    stream: 0 for the original stream, k for the k-th fresh one.
+
+  Returns:
+    Raw uint32 key data, the form `TrainState.rng` holds.
+  """
+  _, run_key = _seed_keys(seed)
+  if stream:
+    run_key = jax.random.fold_in(run_key, stream)
+  return jax.random.key_data(run_key)
 
 
 def step_key(state: TrainState) -> Array:

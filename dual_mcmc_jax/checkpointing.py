@@ -1,0 +1,266 @@
+"""Checkpoints of a training workdir that survive crashes and bad input.
+
+What this module guarantees, and how:
+
+* A partially written checkpoint is never loaded: orbax writes each step into
+  a `<step>.orbax-checkpoint-tmp-*` directory and renames it when complete,
+  and `all_steps()` lists finished steps only. A run killed during a save
+  resumes from the previous finished one.
+* A finished checkpoint that cannot be read back (files deleted or
+  truncated) is skipped with a warning naming it, and the previous one is
+  restored; nothing is deleted here. Only when none can be restored does the
+  run stop, leaving all of them in place.
+* A workdir's checkpoints belong to the config in its `config.json`: a run
+  whose config differs in a field that changes the state's structure or the
+  meaning of the run (`RUN_DEFINING_FIELDS`) refuses to resume unless
+  `config.recovery.allow_config_change` is set.
+* A save that fails (disk full, permissions) stops the run with one line;
+  earlier checkpoints stay, and orbax's `max_to_keep` clean-up, which runs
+  only after a save has finished, cannot remove them on its behalf.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from typing import Any
+
+from absl import logging
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+CONFIG_FILE = 'config.json'
+
+# Fields whose change makes a checkpoint belong to a different run: the
+# networks (the state's structure), the data and its order, the seed. Tuning
+# fields (learning rates, Langevin settings, loss weights) and the loop's
+# bookkeeping (step counts, intervals) may change on resume, so that a longer
+# run can continue a shorter one and a diverged run can be restarted with a
+# lower learning rate. A group name stands for all of its fields.
+RUN_DEFINING_FIELDS = (
+    'model',
+    'data.dataset', 'data.image_size', 'data.num_channels', 'data.train_split',
+    'data.toy2d_name', 'data.npz_path', 'data.npz_key', 'data.image_folder',
+    'training.seed', 'training.batch_size',
+)
+
+_FORCE_FLAG = '--config.recovery.allow_config_change=True'
+# Orbax and TensorStore errors run to pages; an error line keeps their start.
+_MAX_REASON_CHARS = 120
+
+
+class CheckpointError(RuntimeError):
+  """A workdir problem that stops the run with one line; nothing is lost."""
+
+
+def create_checkpoint_manager(workdir: str, max_to_keep: int
+                              ) -> ocp.CheckpointManager:
+  """The orbax manager of `<workdir>/checkpoints`."""
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), 'checkpoints'),
+      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+                                           create=True))
+
+
+def prepare_workdir(workdir: str) -> str:
+  """Creates `workdir` and checks that files can be written in it.
+
+  Args:
+    workdir: the run's directory.
+
+  Returns:
+    Its absolute path.
+
+  Raises:
+    CheckpointError: it cannot be created or written.
+  """
+  workdir = os.path.abspath(workdir)
+  probe = os.path.join(workdir, f'.write_probe_{os.getpid()}')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise CheckpointError(
+        f'workdir {workdir} is not writable ({e.strerror or e}); pass a '
+        '--workdir you can write to, or fix its permissions') from e
+  return workdir
+
+
+def write_json_atomically(path: str, content: Any) -> None:
+  """Writes JSON so that a crash leaves the old file or the new, never half."""
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w') as f:
+    json.dump(content, f, indent=2, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def _flat(d: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def _config_as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  # Round trip through JSON so that tuples, placeholders etc. compare as the
+  # stored file does.
+  return json.loads(config.to_json_best_effort())
+
+
+def _is_run_defining(field: str) -> bool:
+  return any(field == f or field.startswith(f + '.')
+             for f in RUN_DEFINING_FIELDS)
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any]
+                       ) -> list[str]:
+  """Run-defining fields that differ, as 'field: old -> new'.
+
+  A field present on one side only (added by a code update) is not counted:
+  its value on the other side is unknown, not different.
+  """
+  a, b = _flat(old), _flat(new)
+  return [f'{k}: {a[k]!r} -> {b[k]!r}' for k in sorted(a.keys() & b.keys())
+          if _is_run_defining(k) and a[k] != b[k]]
+
+
+def check_and_store_config(config: ml_collections.ConfigDict, workdir: str,
+                           has_checkpoint: bool) -> None:
+  """Refuses to resume another config's checkpoints; stores the config.
+
+  Args:
+    config: the config of this run.
+    workdir: the run's directory; its `config.json` is the stored config.
+    has_checkpoint: whether the workdir holds a finished checkpoint.
+
+  Raises:
+    CheckpointError: the stored config differs in a run-defining field (or
+      cannot be read) while checkpoints exist, and
+      `config.recovery.allow_config_change` is not set.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  new = _config_as_json(config)
+  allow = bool(config.recovery.allow_config_change)
+  if has_checkpoint and os.path.exists(path):
+    try:
+      with open(path) as f:
+        old = json.load(f)
+      diffs = config_differences(old, new)
+    except (OSError, ValueError) as e:
+      diffs = [f'{path} cannot be read ({e})']
+    if diffs and not allow:
+      raise CheckpointError(
+          f'{workdir} holds checkpoints of a different config '
+          f'({"; ".join(diffs)}); use a new --workdir, or pass '
+          f'{_FORCE_FLAG} to resume them anyway')
+    if diffs:
+      logging.warning('Resuming %s with a changed config (%s) because '
+                      'config.recovery.allow_config_change is set.', workdir,
+                      '; '.join(diffs))
+      # Keep the config the existing checkpoints were trained with.
+      os.replace(path, os.path.join(workdir, 'config.before_change.json'))
+  if jax.process_index() == 0:
+    write_json_atomically(path, new)
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract: Any
+                   ) -> tuple[int, Any] | None:
+  """The newest checkpoint that can be restored, falling back past bad ones.
+
+  Args:
+    manager: the workdir's checkpoint manager.
+    abstract: the state's structure (`jax.eval_shape` of a fresh one).
+
+  Returns:
+    (step, state), or None when the workdir has no finished checkpoint.
+
+  Raises:
+    CheckpointError: there are checkpoints but none can be restored; they
+      are all left on disk.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  errors = []
+  for step in steps:
+    try:
+      state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      # Orbax and tensorstore raise many types for missing or damaged files.
+      first_line = str(e).splitlines()[0] if str(e) else ''
+      reason = f'{type(e).__name__}: {first_line}'[:_MAX_REASON_CHARS]
+      errors.append(f'step {step} ({reason})')
+      logging.warning('Checkpoint at step %d in %s cannot be restored (%s); '
+                      'falling back to the previous one. It is left on '
+                      'disk for inspection.', step, manager.directory, reason)
+      continue
+    if errors:
+      logging.warning('Resuming from step %d; skipped unreadable %s.', step,
+                      ', '.join(errors))
+    return step, state
+  if errors:
+    raise CheckpointError(
+        f'no checkpoint in {manager.directory} can be restored '
+        f'({"; ".join(errors)}); they were left untouched: move them away '
+        'to start afresh, or use a new --workdir')
+  return None
+
+
+# How a full disk shows up: an OSError from Python's file calls, or a
+# ValueError carrying TensorStore's status from orbax's background writes.
+_DISK_FULL_MARKERS = ('RESOURCE_EXHAUSTED', 'No space left on device')
+
+
+def _save_failure(step: int | None, directory: Any,
+                  e: Exception) -> CheckpointError:
+  what = 'a checkpoint' if step is None else f'the checkpoint of step {step}'
+  text = str(e)
+  if (getattr(e, 'errno', None) == errno.ENOSPC or
+      any(m in text for m in _DISK_FULL_MARKERS)):
+    problem = 'the disk is full'
+  else:
+    reason = text.splitlines()[0] if text else type(e).__name__
+    problem = reason[:_MAX_REASON_CHARS]
+  return CheckpointError(
+      f'saving {what} in {directory} failed: '
+      f'{problem}; earlier checkpoints are intact: fix that (unfinished '
+      '*.orbax-checkpoint-tmp* directories there may be removed) and rerun '
+      'the same command to resume')
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any,
+         pending_step: int | None) -> None:
+  """Saves `state` at `step` in the background.
+
+  Args:
+    manager: the workdir's checkpoint manager.
+    step: the step of `state`.
+    state: the train state.
+    pending_step: the step of the previous save, which may still be being
+      written; its failure is reported under its own step.
+
+  Raises:
+    CheckpointError: this save or the pending one failed (disk full,
+      permissions); the checkpoints finished before are untouched.
+  """
+  wait_until_finished(manager, pending_step)
+  try:
+    manager.save(step, args=ocp.args.StandardSave(state))
+  except (OSError, ValueError) as e:
+    raise _save_failure(step, manager.directory, e) from e
+
+
+def wait_until_finished(manager: ocp.CheckpointManager,
+                        pending_step: int | None) -> None:
+  """Waits for a background save; its failure becomes a CheckpointError."""
+  try:
+    manager.wait_until_finished()
+  except (OSError, ValueError) as e:
+    raise _save_failure(pending_step, manager.directory, e) from e
