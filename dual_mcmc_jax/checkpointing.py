@@ -116,7 +116,14 @@ def _config_as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(config.to_json_best_effort())
 
 
+# Inside those groups, fields that change how the same numbers are computed,
+# not which: a run may resume with another choice.
+COMPUTE_ONLY_FIELDS = ('model.conv_input_grad',)
+
+
 def _is_run_defining(field: str) -> bool:
+  if field in COMPUTE_ONLY_FIELDS:
+    return False
   return any(field == f or field.startswith(f + '.')
              for f in RUN_DEFINING_FIELDS)
 
