@@ -403,6 +403,9 @@ GRID_HALF_WIDTH = 4.5
 # kernel is smaller than the arms' tangential std (0.1 * PINWHEEL_SCALE).
 PINWHEEL_REFERENCE_SAMPLES = 2_000_000
 PINWHEEL_REFERENCE_BANDWIDTH = 0.04
+# Share of the estimate's mass spread uniformly over the grid, so that no
+# cell is exactly zero and KL against another estimate stays finite.
+PINWHEEL_REFERENCE_UNIFORM = 1e-4
 
 
 def grid(num: int, half_width: float = GRID_HALF_WIDTH
@@ -460,12 +463,16 @@ def estimated_log_density_on_grid(
     name: str, num: int, half_width: float = GRID_HALF_WIDTH,
     num_samples: int = PINWHEEL_REFERENCE_SAMPLES,
     bandwidth: float = PINWHEEL_REFERENCE_BANDWIDTH,
+    uniform: float = PINWHEEL_REFERENCE_UNIFORM,
     seed: int = 0) -> np.ndarray:
   """A kernel density estimate of a toy density on the cells of `grid`.
 
   For densities without a tractable `log_density` (pinwheel): a histogram of
   `num_samples` samples on the grid's cells, smoothed with an isotropic
-  Gaussian kernel of std `bandwidth`. The estimate's own error is measured by
+  Gaussian kernel of std `bandwidth`, mixed with a uniform density on the
+  grid of weight `uniform` (the kernel's tails are truncated, and a zero cell
+  would make any KL against the estimate infinite). The estimate's own error
+  is measured by
   comparing two estimates from different seeds (benchmarks/toy2d.py reports
   it as the reference's floor).
 
@@ -474,11 +481,12 @@ def estimated_log_density_on_grid(
     num, half_width: the grid, as in `grid`.
     num_samples: samples in the histogram.
     bandwidth: kernel std, in output units.
+    uniform: weight of the uniform component.
     seed: seeds the samples.
 
   Returns:
     float64 [num * num] log-densities (x-major, like `grid`), normalised to
-    integrate to 1 over the grid; cells that get no mass are -inf.
+    integrate to 1 over the grid.
   """
   # pylint: disable=g-import-not-at-top
   from scipy import ndimage
@@ -489,9 +497,10 @@ def estimated_log_density_on_grid(
                                 bins=[edges, edges])
   step = 2.0 * half_width / num
   smooth = ndimage.gaussian_filter(counts, bandwidth / step, mode='constant')
-  with np.errstate(divide='ignore'):
-    log_p = np.log(smooth.ravel()) - math.log(np.sum(smooth) * step * step)
-  return log_p
+  area = step * step
+  density = ((1.0 - uniform) * smooth.ravel() / (np.sum(smooth) * area) +
+             uniform / (num * num * area))
+  return np.log(density)
 
 
 def grid_divergences(true_log_p: np.ndarray, model_log_p: np.ndarray,
