@@ -27,6 +27,10 @@ Scores (all against the true density or fresh true samples):
   is divided by, so exp(-E / T) is the density the EBM is fit to and its
   chains sample (T = 1 for the paper's rule). Normalising exp(-E) instead
   would score a 100x flatter density than the model's own samples.
+  `kl_best_t` / `tv_best_t` are a diagnostic, not a score: the smallest KL
+  (TV) of exp(-E / t) over a log grid of temperatures t (`best_t`), which
+  tells a wrongly shaped energy from a right shape at the wrong temperature
+  (short-run chains need not sample exp(-E / T) at all).
 * `ed_generator`, `ed_revised`: energy distance (`toy2d.energy_distance`)
   of `--num_samples` generator samples G(z) and of their x-revision under
   the EBM (the training x-chain) against as many fresh true samples;
@@ -57,7 +61,8 @@ Outputs in `--out_dir`: toy2d_benchmark.json (every number),
 toy2d_benchmark.md (the table and, per density, which variant wins),
 toy2d_<density>.png (per variant: true density, learned density, generator
 samples, revised samples) and toy2d_benchmark.png (all densities in one
-figure).
+figure), arrays_<density>_<variant>.npz (grid densities and samples,
+to re-plot without retraining).
 """
 
 from __future__ import annotations
@@ -170,6 +175,37 @@ def chain_temperature(config: ml_collections.ConfigDict) -> float:
   coef, noise_std = langevin.step_coefficients(
       langevin.LangevinSettings.from_config(config.langevin_x))
   return noise_std * noise_std / (2.0 * coef)
+
+
+# Temperatures of the best-temperature diagnostic: 1e-3 .. 10, 4 per decade.
+_DIAGNOSTIC_TEMPERATURES = tuple(10.0**(k / 4) for k in range(-12, 5))
+
+
+def best_temperature_divergences(true_log_p: np.ndarray,
+                                 log_unnormalized: np.ndarray,
+                                 cell_area: float) -> dict[str, float]:
+  """Lowest KL and TV of exp(log_unnormalized / t) over temperatures t.
+
+  Args:
+    true_log_p: true log-density on the grid.
+    log_unnormalized: -E on the grid.
+    cell_area: the area of one cell.
+
+  Returns:
+    {'kl_best_t', 'best_t' (its temperature), 'tv_best_t'} (the TV minimum
+    is taken separately).
+  """
+  kls, tvs = [], []
+  for t in _DIAGNOSTIC_TEMPERATURES:
+    d = toy2d.grid_divergences(
+        true_log_p, toy2d.normalized_log_density(log_unnormalized / t,
+                                                 cell_area), cell_area)
+    kls.append(d['kl'])
+    tvs.append(d['tv'])
+  best = int(np.nanargmin(kls)) if np.any(np.isfinite(kls)) else 0
+  return {'kl_best_t': float(kls[best]),
+          'best_t': _DIAGNOSTIC_TEMPERATURES[best],
+          'tv_best_t': float(np.nanmin(tvs))}
 
 
 def train(config: ml_collections.ConfigDict, num_steps: int
@@ -323,6 +359,8 @@ def score(config: ml_collections.ConfigDict, models: networks.Models,
                  np.float64) / temperature, area)
   result = {'reference': kind, 'temperature': temperature, **floor,
             **toy2d.grid_divergences(true_log_p, model_log_p, area)}
+  result.update(best_temperature_divergences(true_log_p, model_log_p *
+                                             temperature, area))
   samples = draw_samples(config, models, state, num_samples, seed)
   truth = toy2d.sample(name, num_samples, np.random.default_rng(seed + 1))
   other_truth = toy2d.sample(name, num_samples,
@@ -470,9 +508,10 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
   Returns:
     Markdown text.
   """
-  lines = ['| density | variant | KL | TV | ED G(z) | ED revised | '
-           'modes G / revised | Langevin grads / iter (E + G) | train s |',
-           '| --- | --- | --- | --- | --- | --- | --- | --- | --- |']
+  lines = ['| density | variant | KL | TV | KL, TV at best t (t) | ED G(z) | '
+           'ED revised | modes G / revised | Langevin grads / iter (E + G) | '
+           'train s |',
+           '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |']
   for r in rows:
     modes = '-'
     if 'num_modes' in r:
@@ -482,7 +521,9 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     est = ' (est.)' if r['reference'] == 'estimated' else ''
     lines.append(
         f'| {r["density"]}{est} | {r["variant"]}{note} | {_fmt(r["kl"])} | '
-        f'{_fmt(r["tv"])} | {_fmt(r["ed_generator"], 4)} | '
+        f'{_fmt(r["tv"])} | {_fmt(r["kl_best_t"], 2)}, '
+        f'{_fmt(r["tv_best_t"], 2)} ({r["best_t"]:.2g}) | '
+        f'{_fmt(r["ed_generator"], 4)} | '
         f'{_fmt(r["ed_revised"], 4)} | {modes} | '
         f'{r["grads_ebm"]} + {r["grads_generator"]} | '
         f'{r["train_seconds"]:.0f} |')
@@ -553,6 +594,9 @@ def run_benchmark(densities: list[str], variants: list[str], steps: int,
       numbers, arrays = score(config, models, state, num, num_samples, seed,
                               reference)
       rows.append(_row(name, variant, config, numbers, info))
+      np.savez_compressed(
+          os.path.join(out_dir, f'arrays_{name}_{variant}.npz'),
+          **{k: v for k, v in arrays.items() if v is not None})
       results[name][variant] = {'numbers': numbers, 'arrays': arrays}
       logging.info('%s / %s: %s', name, variant, json.dumps(rows[-1]))
       _write_tables(out_dir, rows, time.perf_counter() - start)

@@ -153,7 +153,7 @@ def get_config() -> ml_collections.ConfigDict:
   # `python main.py --mode=eval` runs these on the latest checkpoint and writes
   # <workdir>/eval_<step>.json and TensorBoard entries (see evaluate.py).
   config.eval = ev = ml_collections.ConfigDict()
-  # Comma-separated, any of: fid, ood, inpainting, cost.
+  # Comma-separated, any of: fid, ood, inpainting, cost, classifier.
   ev.evaluators = 'fid,ood,inpainting,cost'
   # False: an evaluator (or dataset) that cannot run here is skipped with a
   # warning and its reason in the JSON. True: that is an error.
@@ -212,6 +212,12 @@ def get_config() -> ml_collections.ConfigDict:
   ev.inpainting_z_steps = -1
   ev.inpainting_x_steps = -1
   ev.inpainting_grid_images = 4  # Images per mask in the picture.
+
+  # Classifier-based sample quality (evaluators/classifier.py, digits only):
+  # an MLP classifier trained on the real training digits scores samples.
+  ev.classifier_hidden = 64  # Hidden units; its features give the Fréchet d.
+  ev.classifier_max_iter = 300  # Adam epochs at most.
+  ev.classifier_num_samples = 2000  # Generator and EBM-revised samples each.
 
   # Cost (evaluators/cost.py): seconds per training iteration.
   ev.cost_warmup_steps = 2  # Untimed; the first compiles.
