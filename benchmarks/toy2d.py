@@ -4,6 +4,7 @@
       [--densities=8gaussians,rings] [--variants=full,noise_init_ebm] \
       [--steps=1500] [--batch_size=128]
   python benchmarks/toy2d.py --config=configs/toy2d.py --workdir=runs/toy2d
+  python benchmarks/toy2d.py --merge_from=runs/a,runs/b --out_dir=runs/ab
 
 The first form trains, in-process, one model per (density, variant) on
 `configs/toy2d.py` with `--steps` iterations at `--batch_size`, then scores
@@ -36,7 +37,9 @@ Scores (all against the true density or fresh true samples):
   the EBM (the training x-chain) against as many fresh true samples;
   `ed_floor` is that of a second true sample set (~0).
 * `modes_generator`, `modes_revised`: true modes holding a sample (within
-  3 std of the centre), for the Gaussian mixtures.
+  3 std of the centre), for the Gaussian mixtures; `in_modes_*` is the
+  fraction of samples inside a mode and `balance_*` the smallest mode's
+  share times the number of modes (`toy2d.mode_coverage`).
 
 Variants (config.training switches, configs/default.py):
 
@@ -62,7 +65,8 @@ toy2d_benchmark.md (the table and, per density, which variant wins),
 toy2d_<density>.png (per variant: true density, learned density, generator
 samples, revised samples) and toy2d_benchmark.png (all densities in one
 figure), arrays_<density>_<variant>.npz (grid densities and samples,
-to re-plot without retraining).
+to re-plot without retraining). `--merge_from` combines the outputs of runs
+made in parallel (say, half the densities each) into one table and figure.
 """
 
 from __future__ import annotations
@@ -109,6 +113,8 @@ flags.DEFINE_string('out_dir', 'runs/toy2d_benchmark', 'Output directory.')
 flags.DEFINE_string('workdir', None, 'Score this trained workdir instead of '
                     'training (needs --config).')
 config_flags.DEFINE_config_file('config', None, 'Config of --workdir.')
+flags.DEFINE_list('merge_from', None, 'Instead of training, combine the '
+                  'outputs of earlier runs (their --out_dir) into --out_dir.')
 
 # name -> (config overrides, description). Overrides are (group, field,
 # value); a callable value is applied to the config's current value.
@@ -376,8 +382,10 @@ def score(config: ml_collections.ConfigDict, models: networks.Models,
       continue
     result[f'ed_{kind_of_sample}'] = toy2d.energy_distance(x, truth)
     if centres is not None:
-      result[f'modes_{kind_of_sample}'] = int(toy2d.mode_coverage(
-          name, x, _MODE_STD)['modes_covered'])
+      coverage = toy2d.mode_coverage(name, x, _MODE_STD)
+      result[f'modes_{kind_of_sample}'] = int(coverage['modes_covered'])
+      result[f'in_modes_{kind_of_sample}'] = coverage['fraction_in_modes']
+      result[f'balance_{kind_of_sample}'] = coverage['min_mode_share']
   arrays = {'model_log_p': model_log_p, 'true_log_p': true_log_p,
             'truth': truth, **samples}
   return result, arrays
@@ -390,10 +398,11 @@ def _density_panel(ax, log_p: np.ndarray, num: int, title: str) -> None:
   p = np.exp(log_p).reshape(num, num).T  # [y, x] for imshow
   h = toy2d.GRID_HALF_WIDTH
   # Clip the colour scale at a high quantile so one spike does not hide
-  # the rest of a peaky learned density.
-  vmax = max(float(np.quantile(p, 0.999)), 1e-12)
+  # the rest of a peaky learned density; antialiasing keeps mass on a few
+  # cells visible when the panel has fewer pixels than the grid.
+  vmax = max(float(np.quantile(p, 0.99)), 1e-12)
   ax.imshow(p, origin='lower', extent=(-h, h, -h, h), cmap='magma',
-            vmin=0.0, vmax=vmax, interpolation='nearest')
+            vmin=0.0, vmax=vmax, interpolation='antialiased')
   _finish_panel(ax, title)
 
 
@@ -614,6 +623,43 @@ def _write_tables(out_dir: str, rows: list[dict[str, Any]],
     f.write(markdown_table(rows))
 
 
+def merge_runs(sources: list[str], out_dir: str) -> list[dict[str, Any]]:
+  """Combines benchmark outputs (e.g. densities run in parallel) into one.
+
+  Reads each source's toy2d_benchmark.json and arrays_*.npz, and writes the
+  combined table, JSON and figures into `out_dir` without retraining.
+
+  Args:
+    sources: output directories of earlier runs.
+    out_dir: where the combined outputs go.
+
+  Returns:
+    The combined rows.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  rows, results, seconds = [], {}, 0.0
+  for source in sources:
+    with open(os.path.join(source, 'toy2d_benchmark.json')) as f:
+      data = json.load(f)
+    seconds = max(seconds, data['wall_seconds'])  # Sources ran in parallel.
+    for r in data['rows']:
+      rows.append(r)
+      with np.load(os.path.join(
+          source, f'arrays_{r["density"]}_{r["variant"]}.npz')) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+      arrays.setdefault('generator', None)
+      results.setdefault(r['density'], {})[r['variant']] = {
+          'numbers': r, 'arrays': arrays}
+  num = int(round(math.sqrt(len(next(iter(
+      next(iter(results.values())).values()))['arrays']['model_log_p']))))
+  _write_tables(out_dir, rows, seconds)
+  for name, runs in results.items():
+    density_figure(os.path.join(out_dir, f'toy2d_{name}.png'), name, runs,
+                   num)
+  summary_figure(os.path.join(out_dir, 'toy2d_benchmark.png'), results, num)
+  return rows
+
+
 def score_workdir(config: ml_collections.ConfigDict, workdir: str,
                   num: int, num_samples: int, seed: int) -> dict[str, Any]:
   """Scores the latest checkpoint of a workdir trained with main.py.
@@ -646,6 +692,9 @@ def main(argv):
       raise app.UsageError('--workdir needs --config')
     print(json.dumps(score_workdir(FLAGS.config, FLAGS.workdir, FLAGS.grid,
                                    FLAGS.num_samples, FLAGS.seed)))
+    return
+  if FLAGS.merge_from:
+    print(markdown_table(merge_runs(FLAGS.merge_from, FLAGS.out_dir)))
     return
   variants = FLAGS.variants or list(VARIANTS)
   for v in variants:

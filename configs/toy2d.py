@@ -44,8 +44,9 @@ def get_config():
   # in the box the densities live in.
   config.training.x_noise_low = -4.0
   config.training.x_noise_high = 4.0
-  # FID, OOD and inpainting need images; mode coverage is
-  # benchmarks/toy2d_coverage.py. --mode=sample draws scatter plots.
+  # FID, OOD and inpainting need images; densities, sample distances and
+  # mode coverage are benchmarks/toy2d.py (--workdir scores a run of this
+  # config). --mode=sample draws scatter plots.
   config.eval.evaluators = 'cost'
   config.eval.num_samples_to_write = 5000
   return config
