@@ -394,7 +394,8 @@ def score(config: ml_collections.ConfigDict, models: networks.Models,
 # --- Pictures ----------------------------------------------------------------
 
 
-def _density_panel(ax, log_p: np.ndarray, num: int, title: str) -> None:
+def _density_panel(ax, log_p: np.ndarray, num: int, title: str,
+                   fontsize: float = 7) -> None:
   p = np.exp(log_p).reshape(num, num).T  # [y, x] for imshow
   h = toy2d.GRID_HALF_WIDTH
   # Clip the colour scale at a high quantile so one spike does not hide
@@ -403,7 +404,7 @@ def _density_panel(ax, log_p: np.ndarray, num: int, title: str) -> None:
   vmax = max(float(np.quantile(p, 0.99)), 1e-12)
   ax.imshow(p, origin='lower', extent=(-h, h, -h, h), cmap='magma',
             vmin=0.0, vmax=vmax, interpolation='antialiased')
-  _finish_panel(ax, title)
+  _finish_panel(ax, title, fontsize)
 
 
 def _scatter_panel(ax, x: np.ndarray | None, title: str) -> None:
@@ -418,11 +419,11 @@ def _scatter_panel(ax, x: np.ndarray | None, title: str) -> None:
   _finish_panel(ax, title)
 
 
-def _finish_panel(ax, title: str) -> None:
+def _finish_panel(ax, title: str, fontsize: float = 7) -> None:
   ax.set_aspect('equal')
   ax.set_xticks([])
   ax.set_yticks([])
-  ax.set_title(title, fontsize=7)
+  ax.set_title(title, fontsize=fontsize)
 
 
 def _plt():
@@ -473,7 +474,7 @@ def summary_figure(path: str, results: dict[str, dict[str, dict[str, Any]]],
   has_full = 'full' in variants
   cols = 1 + (3 if has_full else 0) + len(others)
   fig, axes = plt.subplots(len(results), cols,
-                           figsize=(1.25 * cols, 1.35 * len(results)),
+                           figsize=(1.25 * cols, 1.45 * len(results)),
                            squeeze=False)
   for row, (name, runs) in zip(axes, results.items()):
     first = next(iter(runs.values()))
@@ -483,14 +484,14 @@ def summary_figure(path: str, results: dict[str, dict[str, dict[str, Any]]],
     col = 1
     if has_full:
       a, r = runs['full']['arrays'], runs['full']['numbers']
-      _density_panel(row[1], a['model_log_p'], num, f'full KL {r["kl"]:.2f}')
+      _density_panel(row[1], a['model_log_p'], num, f'full KL {r["kl"]:.0f}')
       _scatter_panel(row[2], a['generator'], 'full: G(z)')
       _scatter_panel(row[3], a['revised'], 'full: revised')
       col = 4
     for variant in others:
       r = runs[variant]['numbers']
       _density_panel(row[col], runs[variant]['arrays']['model_log_p'], num,
-                     f'{variant}\nKL {r["kl"]:.2f}')
+                     f'{variant} KL {r["kl"]:.0f}', fontsize=5.5)
       col += 1
   fig.tight_layout(pad=0.3)
   fig.savefig(path, dpi=72)
