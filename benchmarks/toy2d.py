@@ -2,7 +2,7 @@
 
   python benchmarks/toy2d.py --out_dir=runs/toy2d_benchmark \
       [--densities=8gaussians,rings] [--variants=full,noise_init_ebm] \
-      [--steps=1500] [--batch_size=128]
+      [--steps=800] [--batch_size=128]
   python benchmarks/toy2d.py --config=configs/toy2d.py --workdir=runs/toy2d
   python benchmarks/toy2d.py --merge_from=runs/a,runs/b --out_dir=runs/ab
 
@@ -102,7 +102,7 @@ flags.DEFINE_list('densities', [n for n in toy2d.NAMES if n != '25gaussians'],
                   'Densities to train on (default: all but 25gaussians, to '
                   'keep the default run within ~30 min on 2 CPU cores).')
 flags.DEFINE_list('variants', None, 'Variants (default: all).')
-flags.DEFINE_integer('steps', 1000, 'Training iterations per run.')
+flags.DEFINE_integer('steps', 800, 'Training iterations per run.')
 flags.DEFINE_integer('batch_size', 128, 'Training batch size.')
 flags.DEFINE_integer('grid', 180, 'Grid cells per axis (180: cells of 0.05, '
                      'half the narrowest std of the densities).')
