@@ -89,9 +89,12 @@ def test_untrained_model_scores_far_below_the_real_digits():
   assert out['frechet_num_samples'] == 100  # As many as the samples.
   assert out['test_digits/confidence'] > 0.9
   assert out['test_digits/classes_covered'] == 10
+  assert 'test_digits/frechet_distance' not in out  # The reference.
   for name in ('generator', 'ebm_revised'):
+    assert (out[f'{name}/frechet_distance_inf'] >
+            5 * out['train_digits/frechet_distance_inf'])
     assert (out[f'{name}/frechet_distance'] >
-            5 * out['test_digits/frechet_distance'])
+            2 * out['train_digits/frechet_distance'])
     assert out[f'{name}/by_class'].dtype == np.uint8
   assert '| test_digits | 297 |' in out['table']
   assert '| generator | 100 |' in out['table']
