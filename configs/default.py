@@ -130,6 +130,25 @@ def get_config() -> ml_collections.ConfigDict:
   # Run a second x-chain from the updated generator for the EBM update (the
   # reference's "fine_tune"); False is the paper's Algorithm 1.
   training.second_x_chain = True
+  # Ablations of the teaching signals (benchmarks/toy2d.py compares them);
+  # the defaults are the reference method.
+  # Run the z-chain; False uses the inference model's draw z0 directly as the
+  # latent the generator and the inference model learn from (z1 = z0).
+  training.z_revision = True
+  # The generator's Sfactor term ||G(z) - x1||^2: it learns from the EBM's
+  # x-revision. False drops the term (the x-chain still feeds the inference
+  # model's Ifactor term, so chain lengths are unchanged).
+  training.generator_x_teaching = True
+  # The generator's Gfactor reconstruction term and the inference model's
+  # update. False is cooperative learning: the generator learns only from the
+  # x-revised samples; no z-chain runs and the inference model stays put.
+  training.generator_data_teaching = True
+  # Start of the EBM's negative chain. 'generator': G(z) (dual-MCMC).
+  # 'noise': uniform in [x_noise_low, x_noise_high] per coordinate, a single
+  # x-chain, and only the EBM is trained (short-run MCMC, no generator).
+  training.x_chain_init = 'generator'
+  training.x_noise_low = -1.0  # The image range; configs/toy2d.py widens it.
+  training.x_noise_high = 1.0
   training.log_every_steps = 100
   training.image_every_steps = 1000
   training.checkpoint_every_steps = 1000
@@ -161,7 +180,7 @@ def get_config() -> ml_collections.ConfigDict:
   # `python main.py --mode=eval` runs these on the latest checkpoint and writes
   # <workdir>/eval_<step>.json and TensorBoard entries (see evaluate.py).
   config.eval = ev = ml_collections.ConfigDict()
-  # Comma-separated, any of: fid, ood, inpainting, cost.
+  # Comma-separated, any of: fid, ood, inpainting, cost, classifier.
   ev.evaluators = 'fid,ood,inpainting,cost'
   # False: an evaluator (or dataset) that cannot run here is skipped with a
   # warning and its reason in the JSON. True: that is an error.
@@ -220,6 +239,12 @@ def get_config() -> ml_collections.ConfigDict:
   ev.inpainting_z_steps = -1
   ev.inpainting_x_steps = -1
   ev.inpainting_grid_images = 4  # Images per mask in the picture.
+
+  # Classifier-based sample quality (evaluators/classifier.py, digits only):
+  # an MLP classifier trained on the real training digits scores samples.
+  ev.classifier_hidden = 64  # Hidden units; its features give the Fréchet d.
+  ev.classifier_max_iter = 300  # Adam epochs at most.
+  ev.classifier_num_samples = 2000  # Generator and EBM-revised samples each.
 
   # Cost (evaluators/cost.py): seconds per training iteration.
   ev.cost_warmup_steps = 2  # Untimed; the first compiles.

@@ -35,6 +35,8 @@ def get_config():
   config.eval.ood_num_images = 16
   config.eval.inpainting_num_images = 8
   config.eval.inpainting_grid_images = 2
+  config.eval.classifier_num_samples = 16
+  config.eval.classifier_max_iter = 50
   config.eval.cost_warmup_steps = 1
   config.eval.cost_steps = 2
   return config

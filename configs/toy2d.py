@@ -40,8 +40,13 @@ def get_config():
   config.training.image_every_steps = 500
   config.training.checkpoint_every_steps = 1000
   config.training.num_image_samples = 1000
-  # FID, OOD and inpainting need images; mode coverage is
-  # benchmarks/toy2d_coverage.py. --mode=sample draws scatter plots.
+  # Noise-initialised chains (training.x_chain_init='noise') start uniform
+  # in the box the densities live in.
+  config.training.x_noise_low = -4.0
+  config.training.x_noise_high = 4.0
+  # FID, OOD and inpainting need images; densities, sample distances and
+  # mode coverage are benchmarks/toy2d.py (--workdir scores a run of this
+  # config). --mode=sample draws scatter plots.
   config.eval.evaluators = 'cost'
   config.eval.num_samples_to_write = 5000
   return config

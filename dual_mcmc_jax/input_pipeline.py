@@ -1172,6 +1172,32 @@ def _digits_split(config: ml_collections.ConfigDict, split: str) -> np.ndarray:
   )
 
 
+def digits_labels(split: str) -> np.ndarray:
+  """Class labels (0-9) of a digits split, in the split's image order.
+
+  The input pipeline yields images only; the classifier-based sample-quality
+  evaluator (evaluators/classifier.py) needs the labels to train on.
+
+  Args:
+    split: 'train' or 'test'.
+
+  Returns:
+    int64 [N] labels aligned with the images of that split.
+  """
+  # pylint: disable=g-import-not-at-top
+  from sklearn import datasets as sklearn_datasets
+  # pylint: enable=g-import-not-at-top
+  labels = sklearn_datasets.load_digits().target.astype(np.int64)
+  if split == 'train':
+    return labels[:-_DIGITS_NUM_TEST]
+  if split == 'test':
+    return labels[-_DIGITS_NUM_TEST:]
+  raise ValueError(
+      'config.data.dataset=\'digits\' has splits \'train\' and \'test\'; got'
+      f' split={split!r}.'
+  )
+
+
 # --- toy2d --------------------------------------------------------------------
 
 

@@ -43,7 +43,8 @@ def sum_sq_per_batch(a: Array, b: Array) -> Array:
 
 def generator_loss(params: Any, bn_state: dict[str, Any],
                    gen_apply: Callable[..., Any], x: Array, z: Array,
-                   z1: Array, x1: Array, g_factor: float, s_factor: float
+                   z1: Array | None, x1: Array | None, g_factor: float,
+                   s_factor: float
                    ) -> tuple[Array, tuple[dict[str, Any], dict[str, Array]]]:
   """Generator objective: explain data from z1, and move G(z) to x1.
 
@@ -53,24 +54,39 @@ def generator_loss(params: Any, bn_state: dict[str, Any],
     gen_apply: generator `module.apply`.
     x: data batch, [B, ...].
     z: prior latents that produced the x-chain's start x0 = G(z), [B, nz].
-    z1: z-revised posterior latents for x, [B, nz].
-    x1: x-revised samples, [B, ...].
+    z1: z-revised posterior latents for x, [B, nz]; None drops the
+      reconstruction term (no data teaching, the cooperative-learning
+      ablation).
+    x1: x-revised samples, [B, ...]; None drops the x-teaching term.
     g_factor, s_factor: weights of the two terms.
 
   Returns:
-    (loss, (new bn_state, metrics)).
+    (loss, (new bn_state, metrics)); a dropped term has no metric.
   """
+  if z1 is None and x1 is None:
+    raise ValueError('generator_loss needs z1 or x1: with neither term the '
+                     'generator learns nothing')
   # Two separate forward passes, as in the reference: with BatchNorm in
-  # batch-statistics mode each is normalised by its own batch.
-  g_z1, vs = gen_apply({'params': params, **bn_state}, z1,
-                       mutable=['batch_stats'])
-  rec = sum_sq_per_batch(g_z1, x)
-  x0, vs = gen_apply({'params': params, **dict(vs)}, z,
-                     mutable=['batch_stats'])
-  teach = sum_sq_per_batch(x0, x1)
-  loss = g_factor * rec + s_factor * teach
-  return loss, (dict(vs), {'loss_g': loss, 'g_rec_after_z_chain': rec,
-                           'g_dist_to_x_revised': teach})
+  # batch-statistics mode each is normalised by its own batch. A dropped
+  # term skips its pass, so it does not move the running statistics either.
+  loss = jnp.zeros((), jnp.float32)
+  metrics = {}
+  vs = bn_state
+  if z1 is not None:
+    g_z1, vs = gen_apply({'params': params, **vs}, z1,
+                         mutable=['batch_stats'])
+    vs = dict(vs)
+    rec = sum_sq_per_batch(g_z1, x)
+    loss = loss + g_factor * rec
+    metrics['g_rec_after_z_chain'] = rec
+  if x1 is not None:
+    x0, vs = gen_apply({'params': params, **vs}, z, mutable=['batch_stats'])
+    vs = dict(vs)
+    teach = sum_sq_per_batch(x0, x1)
+    loss = loss + s_factor * teach
+    metrics['g_dist_to_x_revised'] = teach
+  metrics['loss_g'] = loss
+  return loss, (vs, metrics)
 
 
 def inference_loss(params: Any, inf_apply: Callable[..., Any], x: Array,

@@ -37,7 +37,15 @@ mixture of Gaussians, so the returned density is exactly normalised, and the
 nodes lie a small fraction of the noise std apart along the curve, so it is
 within a negligible error of the continuous one. `pinwheel` has no tractable
 density (its twist cannot be inverted in closed form), so `log_density` raises
-NotImplementedError for it.
+NotImplementedError for it; `estimated_log_density_on_grid` gives a kernel
+density estimate from many samples instead, labelled as estimated wherever
+it is used.
+
+Evaluating a learned model (benchmarks/toy2d.py): `grid` lays out cell
+centres, `normalized_log_density` normalises exp(-E) over the grid with the
+midpoint rule (`log_normalizer`), `grid_divergences` compares it with the
+true density on the same cells (KL, total variation, and the true density's
+mass on the grid), and `energy_distance` compares sample sets.
 """
 
 import functools
@@ -220,7 +228,8 @@ def log_density(name: str, points: np.ndarray) -> np.ndarray:
   if name == 'pinwheel':
     raise NotImplementedError(
         'pinwheel has no tractable density: its twist has no closed-form'
-        ' inverse. Use a kernel density estimate from `sample` if needed.'
+        ' inverse. estimated_log_density_on_grid gives a kernel density'
+        ' estimate from `sample`.'
     )
   if name == 'rings':
     return _rings_log_density(points)
@@ -382,3 +391,177 @@ def _sample_pinwheel(n: int, rng: np.random.Generator) -> np.ndarray:
       axis=1,
   )
   return PINWHEEL_SCALE * rotated
+
+
+# --- Densities on a grid, and sample distances (benchmarks/toy2d.py) ---------
+
+# The benchmark grid covers the densities' [-4, 4]^2 with a margin, so that
+# almost all of the true mass falls on it (`grid_divergences` reports how
+# much).
+GRID_HALF_WIDTH = 4.5
+# Samples and smoothing of the pinwheel's estimated reference density. The
+# kernel is smaller than the arms' tangential std (0.1 * PINWHEEL_SCALE).
+PINWHEEL_REFERENCE_SAMPLES = 2_000_000
+PINWHEEL_REFERENCE_BANDWIDTH = 0.04
+# Share of the estimate's mass spread uniformly over the grid, so that no
+# cell is exactly zero and KL against another estimate stays finite.
+PINWHEEL_REFERENCE_UNIFORM = 1e-4
+
+
+def grid(num: int, half_width: float = GRID_HALF_WIDTH
+         ) -> tuple[np.ndarray, float]:
+  """Cell centres of a num x num midpoint grid over [-half_width, half_width]^2.
+
+  Args:
+    num: cells per axis.
+    half_width: half the side of the square.
+
+  Returns:
+    (float64 [num * num, 2] centres, x-major (`reshape(num, num)` gives
+    [x, y]), and the area of one cell).
+  """
+  step = 2.0 * half_width / num
+  axis = -half_width + step * (np.arange(num) + 0.5)
+  xs, ys = np.meshgrid(axis, axis, indexing='ij')
+  return np.stack([xs.ravel(), ys.ravel()], axis=1), step * step
+
+
+def log_normalizer(neg_energy: np.ndarray, cell_area: float) -> float:
+  """log Z of exp(-E) from its values at grid cell centres (midpoint rule).
+
+  Args:
+    neg_energy: -E(x) at every cell centre of a grid, any shape.
+    cell_area: the area of one cell.
+
+  Returns:
+    log(sum exp(-E) * cell_area), computed stably in float64.
+  """
+  v = np.asarray(neg_energy, np.float64).ravel()
+  peak = np.max(v)
+  return float(peak + np.log(np.sum(np.exp(v - peak))) + math.log(cell_area))
+
+
+def normalized_log_density(neg_energy: np.ndarray,
+                           cell_area: float) -> np.ndarray:
+  """log(exp(-E) / Z) on the grid, Z from `log_normalizer`.
+
+  The result integrates to exactly 1 over the grid: this is the model's
+  density restricted to the grid's square.
+
+  Args:
+    neg_energy: -E(x) at every cell centre.
+    cell_area: the area of one cell.
+
+  Returns:
+    float64 array of the same shape.
+  """
+  return (np.asarray(neg_energy, np.float64) -
+          log_normalizer(neg_energy, cell_area))
+
+
+def estimated_log_density_on_grid(
+    name: str, num: int, half_width: float = GRID_HALF_WIDTH,
+    num_samples: int = PINWHEEL_REFERENCE_SAMPLES,
+    bandwidth: float = PINWHEEL_REFERENCE_BANDWIDTH,
+    uniform: float = PINWHEEL_REFERENCE_UNIFORM,
+    seed: int = 0) -> np.ndarray:
+  """A kernel density estimate of a toy density on the cells of `grid`.
+
+  For densities without a tractable `log_density` (pinwheel): a histogram of
+  `num_samples` samples on the grid's cells, smoothed with an isotropic
+  Gaussian kernel of std `bandwidth`, mixed with a uniform density on the
+  grid of weight `uniform` (the kernel's tails are truncated, and a zero cell
+  would make any KL against the estimate infinite). The estimate's own error
+  is measured by
+  comparing two estimates from different seeds (benchmarks/toy2d.py reports
+  it as the reference's floor).
+
+  Args:
+    name: a density name from `NAMES`.
+    num, half_width: the grid, as in `grid`.
+    num_samples: samples in the histogram.
+    bandwidth: kernel std, in output units.
+    uniform: weight of the uniform component.
+    seed: seeds the samples.
+
+  Returns:
+    float64 [num * num] log-densities (x-major, like `grid`), normalised to
+    integrate to 1 over the grid.
+  """
+  # pylint: disable=g-import-not-at-top
+  from scipy import ndimage
+  # pylint: enable=g-import-not-at-top
+  points = sample(name, num_samples, np.random.default_rng(seed))
+  edges = np.linspace(-half_width, half_width, num + 1)
+  counts, _, _ = np.histogram2d(points[:, 0], points[:, 1],
+                                bins=[edges, edges])
+  step = 2.0 * half_width / num
+  smooth = ndimage.gaussian_filter(counts, bandwidth / step, mode='constant')
+  area = step * step
+  density = ((1.0 - uniform) * smooth.ravel() / (np.sum(smooth) * area) +
+             uniform / (num * num * area))
+  return np.log(density)
+
+
+def grid_divergences(true_log_p: np.ndarray, model_log_p: np.ndarray,
+                     cell_area: float) -> dict[str, float]:
+  """KL(true || model) and total variation between densities on one grid.
+
+  Both densities are taken as distributions over the grid's cells: the
+  model's is normalised on the grid already (`normalized_log_density`); the
+  true one is renormalised by its grid mass, reported as `true_mass` so a
+  reader sees how much of it lies outside the square.
+
+  Args:
+    true_log_p: true log-density at the cell centres (-inf where zero).
+    model_log_p: the model's grid-normalised log-density at the same cells.
+    cell_area: the area of one cell.
+
+  Returns:
+    {'kl': sum p (log p - log q) * area over cells with p > 0, in nats;
+     'tv': 0.5 * sum |p - q| * area, in [0, 1];
+     'true_mass': the true density's mass on the grid before
+     renormalising}.
+  """
+  true_log_p = np.asarray(true_log_p, np.float64).ravel()
+  model_log_p = np.asarray(model_log_p, np.float64).ravel()
+  true_mass = log_normalizer(true_log_p, cell_area)
+  log_p = true_log_p - true_mass
+  p = np.exp(log_p)
+  q = np.exp(model_log_p)
+  support = p > 0
+  kl = np.sum(p[support] * (log_p[support] - model_log_p[support])) * cell_area
+  tv = 0.5 * np.sum(np.abs(p - q)) * cell_area
+  return {'kl': float(kl), 'tv': float(tv), 'true_mass': math.exp(true_mass)}
+
+
+def energy_distance(x: np.ndarray, y: np.ndarray, block: int = 2048) -> float:
+  """Energy distance 2 E|X - Y| - E|X - X'| - E|Y - Y'| between sample sets.
+
+  The within-set means leave out the zero self-distances (U-statistics), so
+  the estimate is unbiased: its mean is 0 when x and y come from the same
+  distribution (a single estimate may then be slightly negative), and it is
+  positive in expectation otherwise (Székely & Rizzo).
+
+  Args:
+    x: [n, d] samples.
+    y: [m, d] samples.
+    block: rows per block of the pairwise-distance matrices.
+
+  Returns:
+    The energy distance, in the data's units.
+  """
+  x = np.asarray(x, np.float64)
+  y = np.asarray(y, np.float64)
+
+  def mean_dist(a: np.ndarray, b: np.ndarray, exclude_diagonal: bool
+                ) -> float:
+    total = 0.0
+    for start in range(0, len(a), block):
+      d = np.linalg.norm(a[start:start + block, None] - b[None], axis=-1)
+      total += float(np.sum(d))
+    pairs = len(a) * len(b) - (len(a) if exclude_diagonal else 0)
+    return total / pairs
+
+  return (2.0 * mean_dist(x, y, False) - mean_dist(x, x, True) -
+          mean_dist(y, y, True))

@@ -14,7 +14,9 @@ import optax
 import pytest
 
 from configs import test as test_config
+from configs import toy2d as toy2d_config
 from dual_mcmc_jax import networks
+from dual_mcmc_jax import toy2d
 from dual_mcmc_jax import train_state as ts
 from dual_mcmc_jax import train_step as tstep
 
@@ -205,6 +207,146 @@ def test_ebm_loss_depends_on_the_x_chain(setup, converged_sn):
   assert d_data < 1e-6
   assert d_loss > 100 * d_data / temperature
   assert d_loss > 1e-2
+
+
+# ----------------------------------------------------------------------------
+# Ablation switches (config.training.z_revision, generator_x_teaching,
+# generator_data_teaching, x_chain_init). Small 2-D MLP nets: each variant is
+# a separate compilation, and these compile in a second or two.
+# ----------------------------------------------------------------------------
+
+
+def _toy_config(**training):
+  config = toy2d_config.get_config()
+  config.model.mlp_hidden = 16
+  config.model.mlp_layers = 2
+  config.langevin_x.steps = 3
+  config.langevin_z.steps = 3
+  config.training.batch_size = 16
+  config.training.x_noise_low = -4.0
+  config.training.x_noise_high = 4.0
+  for k, v in training.items():
+    config.training[k] = v
+  return config
+
+
+@pytest.fixture(scope='module')
+def toy():
+  config = _toy_config()
+  models = networks.create_models(config)
+  optimizers = ts.create_optimizers(config.optim, _STEPS_PER_EPOCH)
+  state = ts.create_train_state(models, optimizers, seed=0)
+  batch = jnp.asarray(toy2d.sample('8gaussians', 16,
+                                   np.random.default_rng(0)))
+  full = _make_step(config, models, optimizers)
+  return models, optimizers, state, batch, full
+
+
+def _ablated(toy, **training):
+  models, optimizers, _, _, _ = toy
+  return _make_step(_toy_config(**training), models, optimizers)
+
+
+def _perturbed(net):
+  return net.replace(params=jax.tree.map(lambda a: a * 1.5 + 0.1, net.params))
+
+
+def test_default_switches_are_the_reference_method():
+  t = test_config.get_config().training
+  assert (t.z_revision, t.generator_x_teaching, t.generator_data_teaching,
+          t.x_chain_init) == (True, True, True, 'generator')
+
+
+def test_without_z_revision_the_generator_learns_from_z0(toy):
+  models, _, state, batch, full = toy
+  step = _ablated(toy, z_revision=False)
+  _, m = step(_copy(state), batch)
+  _, m_full = full(_copy(state), batch)
+  assert 'z_chain_rec_start' not in m and 'z_chain_rec_start' in m_full
+  # The reconstruction term is ||G(z0) - x||^2 / B with z0 the step's draw
+  # from q(z|x): recompute it from the same key.
+  k_q = jax.random.split(ts.step_key(state), 5)[2]
+  z0, _, _ = tstep.infer_z(models, state.inf, batch, k_q)
+  g_z0, _ = tstep.generate(models, state.gen, z0)
+  rec = np.sum(np.square(np.asarray(g_z0) - np.asarray(batch))) / len(batch)
+  np.testing.assert_allclose(m['g_rec_after_z_chain'], rec, rtol=1e-5)
+  np.testing.assert_allclose(m_full['z_chain_rec_start'], rec, rtol=1e-4)
+  # The full method's z-chain moves the latents by far more than the
+  # tolerance above (3 short steps on an untrained net: a small move).
+  assert abs(float(m_full['g_rec_after_z_chain']) - rec) > 1e-4 * rec
+
+
+def test_without_x_teaching_the_generator_ignores_the_ebm(toy):
+  _, _, state, batch, full = toy
+  step = _ablated(toy, generator_x_teaching=False)
+  other_ebm = state.replace(ebm=_perturbed(state.ebm))
+  a, m = step(_copy(state), batch)
+  b, _ = step(_copy(other_ebm), batch)
+  assert 'g_dist_to_x_revised' not in m
+  assert _leaves_equal(a.gen.params, b.gen.params)
+  # The full method's generator update does depend on the EBM (via x1).
+  c, _ = full(_copy(state), batch)
+  d, _ = full(_copy(other_ebm), batch)
+  assert not _leaves_equal(c.gen.params, d.gen.params)
+
+
+def test_without_data_teaching_only_x1_teaches_the_generator(toy):
+  _, _, state, batch, full = toy
+  step = _ablated(toy, generator_data_teaching=False)
+  other_batch = batch[::-1] * 0.5
+  a, m = step(_copy(state), batch)
+  b, m_b = step(_copy(state), other_batch)
+  assert bool(m['healthy'])
+  assert 'g_rec_after_z_chain' not in m and 'z_chain_rec_start' not in m
+  # No inference model: its parameters and optimiser state stay put.
+  assert _leaves_equal(a.inf, state.inf)
+  # The generator never sees the data; the EBM does.
+  assert _leaves_equal(a.gen.params, b.gen.params)
+  assert m['energy_data'] != m_b['energy_data']
+  c, _ = full(_copy(state), batch)
+  d, _ = full(_copy(state), other_batch)
+  assert not _leaves_equal(c.gen.params, d.gen.params)
+
+
+def test_noise_init_trains_the_ebm_alone_on_chains_from_uniform_noise(toy):
+  models, _, state, batch, _ = toy
+  config = _toy_config(x_chain_init='noise')
+  step = _ablated(toy, x_chain_init='noise')
+  new, m = step(_copy(state), batch)
+  assert bool(m['healthy'])
+  assert _leaves_equal(new.gen, state.gen) and _leaves_equal(new.inf,
+                                                             state.inf)
+  assert not _leaves_equal(new.ebm.params, state.ebm.params)
+  # A different generator changes nothing.
+  other, _ = step(_copy(state.replace(gen=_perturbed(state.gen))), batch)
+  assert _leaves_equal(other.ebm, new.ebm)
+  # The negatives are one x-chain from U(-4, 4)^2 with the step's keys.
+  k_init, k_x = jax.random.split(ts.step_key(state))
+  x0 = jax.random.uniform(k_init, batch.shape, jnp.float32, -4.0, 4.0)
+  lx = tstep.langevin.LangevinSettings.from_config(config.langevin_x)
+  x_neg, _, _ = tstep.revise_x(models, state.ebm, x0, k_x, lx)
+  e_neg = models.ebm.apply({'params': state.ebm.params, **state.ebm.state},
+                           x_neg, update_stats=False)
+  np.testing.assert_allclose(m['energy_x_revised'], np.mean(e_neg),
+                             rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('field,value,match', [
+    ('x_chain_init', 'gaussian', r'x_chain_init=.*allowed: generator, noise'),
+    ('x_chain_init', 'Noise', r"x_chain_init='Noise' is unknown"),
+])
+def test_unknown_x_chain_init_raises(toy, field, value, match):
+  models, optimizers, _, _, _ = toy
+  with pytest.raises(ValueError, match=match):
+    tstep.make_train_step(_toy_config(**{field: value}), models, optimizers)
+
+
+def test_generator_with_no_teaching_at_all_raises(toy):
+  models, optimizers, _, _, _ = toy
+  config = _toy_config(generator_x_teaching=False,
+                       generator_data_teaching=False)
+  with pytest.raises(ValueError, match='learn nothing'):
+    tstep.make_train_step(config, models, optimizers)
 
 
 # ----------------------------------------------------------------------------

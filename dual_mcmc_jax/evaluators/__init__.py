@@ -1,9 +1,10 @@
 """The paper's evaluations, one small module each, chosen by name.
 
 `config.eval.evaluators` names them (comma-separated): `fid` (fid.py),
-`ood` (ood.py), `inpainting` (inpainting.py), `cost` (cost.py). Each module
-has an `Evaluator(config, workdir, models, mesh)` whose `run(state)` yields
-`(name, value)` pairs; see `common.py` for the contract and
+`ood` (ood.py), `inpainting` (inpainting.py), `cost` (cost.py),
+`classifier` (classifier.py: digits sample quality without Inception). Each
+module has an `Evaluator(config, workdir, models, mesh)` whose `run(state)`
+yields `(name, value)` pairs; see `common.py` for the contract and
 `dual_mcmc_jax/evaluate.py` for the driver.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 
-NAMES = ('fid', 'ood', 'inpainting', 'cost')
+NAMES = ('fid', 'ood', 'inpainting', 'cost', 'classifier')
 
 
 def get_evaluator_class(name: str) -> type:
