@@ -44,6 +44,10 @@ RUN_DEFINING_FIELDS = (
     'data.dataset', 'data.image_size', 'data.num_channels', 'data.train_split',
     'data.toy2d_name', 'data.npz_path', 'data.npz_key', 'data.image_folder',
     'training.seed', 'training.batch_size',
+    # The ablation switches: which teaching signals the run is made of.
+    'training.z_revision', 'training.generator_x_teaching',
+    'training.generator_data_teaching', 'training.x_chain_init',
+    'training.second_x_chain',
 )
 
 _FORCE_FLAG = '--config.recovery.allow_config_change=True'

@@ -340,10 +340,11 @@ def test_config_differences_name_only_run_defining_fields():
   config.model.ngf = 32
   config.data.image_size = 32
   config.training.batch_size = 16
+  config.training.z_revision = False  # An ablation is another experiment.
   new = json.loads(config.to_json_best_effort())
   assert checkpointing.config_differences(old, new) == [
       'data.image_size: 16 -> 32', 'model.ngf: 16 -> 32',
-      'training.batch_size: 8 -> 16']
+      'training.batch_size: 8 -> 16', 'training.z_revision: True -> False']
 
 
 # --- Bad input -----------------------------------------------------------
