@@ -98,23 +98,32 @@ from dual_mcmc_jax import train_state as ts
 from dual_mcmc_jax import train_step
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list('densities', [n for n in toy2d.NAMES if n != '25gaussians'],
-                  'Densities to train on (default: all but 25gaussians, to '
-                  'keep the default run within ~30 min on 2 CPU cores).')
-flags.DEFINE_list('variants', None, 'Variants (default: all).')
-flags.DEFINE_integer('steps', 800, 'Training iterations per run.')
-flags.DEFINE_integer('batch_size', 128, 'Training batch size.')
-flags.DEFINE_integer('grid', 180, 'Grid cells per axis (180: cells of 0.05, '
-                     'half the narrowest std of the densities).')
-flags.DEFINE_integer('num_samples', 2000, 'Samples per energy distance.')
-flags.DEFINE_integer('seed', 0, 'Seeds training (config.training.seed) and '
-                     'the evaluation samples.')
-flags.DEFINE_string('out_dir', 'runs/toy2d_benchmark', 'Output directory.')
-flags.DEFINE_string('workdir', None, 'Score this trained workdir instead of '
-                    'training (needs --config).')
-config_flags.DEFINE_config_file('config', None, 'Config of --workdir.')
-flags.DEFINE_list('merge_from', None, 'Instead of training, combine the '
-                  'outputs of earlier runs (their --out_dir) into --out_dir.')
+
+
+def define_flags() -> None:
+  """Defines the command-line flags.
+
+  Called only when this file runs as a script, so that tests can import the
+  module in a process that also imported main.py (same flag names).
+  """
+  flags.DEFINE_list('densities', [n for n in toy2d.NAMES if n != '25gaussians'],
+                    'Densities to train on (default: all but 25gaussians, to '
+                    'keep the default run within ~30 min on 2 CPU cores).')
+  flags.DEFINE_list('variants', None, 'Variants (default: all).')
+  flags.DEFINE_integer('steps', 800, 'Training iterations per run.')
+  flags.DEFINE_integer('batch_size', 128, 'Training batch size.')
+  flags.DEFINE_integer('grid', 180, 'Grid cells per axis (180: cells of 0.05, '
+                       'half the narrowest std of the densities).')
+  flags.DEFINE_integer('num_samples', 2000, 'Samples per energy distance.')
+  flags.DEFINE_integer('seed', 0, 'Seeds training (config.training.seed) and '
+                       'the evaluation samples.')
+  flags.DEFINE_string('out_dir', 'runs/toy2d_benchmark', 'Output directory.')
+  flags.DEFINE_string('workdir', None, 'Score this trained workdir instead of '
+                      'training (needs --config).')
+  config_flags.DEFINE_config_file('config', None, 'Config of --workdir.')
+  flags.DEFINE_list('merge_from', None, 'Instead of training, combine the '
+                    'outputs of earlier runs (their --out_dir) into --out_dir.')
+
 
 # name -> (config overrides, description). Overrides are (group, field,
 # value); a callable value is applied to the config's current value.
@@ -712,4 +721,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -104,11 +104,12 @@ def write_json_atomically(path: str, content: Any) -> None:
   os.replace(tmp, path)
 
 
-def _flat(d: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+def flatten_dict(d: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+  """{'a': {'b': 1}} -> {'a.b': 1}: config fields by their dotted names."""
   out = {}
   for k, v in d.items():
     if isinstance(v, dict):
-      out.update(_flat(v, f'{prefix}{k}.'))
+      out.update(flatten_dict(v, f'{prefix}{k}.'))
     else:
       out[f'{prefix}{k}'] = v
   return out
@@ -139,7 +140,7 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]
   A field present on one side only (added by a code update) is not counted:
   its value on the other side is unknown, not different.
   """
-  a, b = _flat(old), _flat(new)
+  a, b = flatten_dict(old), flatten_dict(new)
   return [f'{k}: {a[k]!r} -> {b[k]!r}' for k in sorted(a.keys() & b.keys())
           if _is_run_defining(k) and a[k] != b[k]]
 

@@ -244,7 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     with metric_writers.ensure_flushes(writer):
       if int(jax.device_get(state.step)) == 0 and not rollbacks:
         writer.write_hparams({
-            k: v for k, v in _flatten(config.to_dict()).items()
+            k: v for k, v in checkpointing.flatten_dict(config.to_dict()).items()
             if isinstance(v, (int, float, str, bool))})
       while True:
         try:
@@ -429,13 +429,3 @@ def _check_health(step: int, metrics: dict[str, jax.Array]) -> None:
 
 def _stack(items: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
   return jax.tree.map(lambda *xs: jnp.stack(xs), *items)
-
-
-def _flatten(d: dict[str, Any], prefix: str = '') -> dict[str, Any]:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = v
-  return out
