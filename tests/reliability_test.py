@@ -29,7 +29,7 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from orbax.checkpoint._src.path import atomicity
+from orbax.checkpoint.path import atomicity
 import pytest
 
 from configs import test as test_config
@@ -132,7 +132,7 @@ def _copy(src: str, tmp_path) -> str:
 # process while that checkpoint is half done.
 _BLOCK_COMMIT = '''
 import asyncio, os, runpy, sys
-from orbax.checkpoint._src.path import atomicity
+from orbax.checkpoint.path import atomicity
 real = atomicity.AtomicRenameTemporaryPath.finalize
 step, marker = sys.argv.pop(1), sys.argv.pop(1)
 async def finalize(self, *args, **kwargs):
