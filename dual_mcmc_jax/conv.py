@@ -6,7 +6,7 @@ iteration's work (`benchmarks/profile_trace.py`). JAX's autodiff writes
 that gradient as a convolution of the output gradient with the flipped
 kernel, expressed by swapping the kernel's dimension labels (`01oi`) instead
 of moving any data. XLA's CPU backend has no fast kernel for that layout
-inside loops and runs those convolutions about 12-20x slower than the same
+inside loops and runs those convolutions 12x or more slower than the same
 convolution with a standard `01io` kernel (see docs/performance.md).
 
 `conv2d` computes the same forward pass; its custom VJP materialises the
