@@ -164,10 +164,15 @@ def make_train_step(config, models: networks.Models,
   noise_high = float(config.training.x_noise_high)
 
   def ebm_update(state: ts.TrainState, ebm_sn: dict[str, Any], x: Array,
-                 x_neg: Array) -> tuple[ts.NetState, Metrics]:
+                 x_neg: Array, info: langevin.ChainInfo
+                 ) -> tuple[ts.NetState, Metrics]:
+    """The EBM's Adam step on negatives `x_neg` from the chain of `info`."""
     (_, (ebm_sn, m_e)), e_grads = jax.value_and_grad(
         losses.ebm_loss, has_aux=True)(
             state.ebm.params, ebm_sn, models.ebm.apply, x, x_neg, temperature)
+    m_e.update(x_chain_energy_start=info.energy_start / x.shape[0],
+               x_chain_energy_end=m_e['energy_x_revised'],
+               x_chain_grad_norm=info.grad_norm)
     return _apply_update(state.ebm, e_grads, optimizers.ebm, ebm_sn), m_e
 
   def finish(state: ts.TrainState, metrics: Metrics, **nets: ts.NetState
@@ -189,15 +194,11 @@ def make_train_step(config, models: networks.Models,
     x0 = jax.random.uniform(k_init, x.shape, jnp.float32, noise_low,
                             noise_high)
     x_neg, ebm_sn, info = revise_x(models, state.ebm, x0, k_x, lx)
-    ebm, m_e = ebm_update(state, ebm_sn, x, x_neg)
-    metrics = {**m_e}
-    metrics.update(
-        # G and I are not trained; zero losses keep the metric names the
-        # training loop reports and checks.
-        loss_g=jnp.zeros((), jnp.float32), loss_i=jnp.zeros((), jnp.float32),
-        x_chain_energy_start=info.energy_start / x.shape[0],
-        x_chain_energy_end=m_e['energy_x_revised'],
-        x_chain_grad_norm=info.grad_norm)
+    ebm, m_e = ebm_update(state, ebm_sn, x, x_neg, info)
+    # G and I are not trained; zero losses keep the metric names the
+    # training loop reports and checks.
+    metrics = {**m_e, 'loss_g': jnp.zeros((), jnp.float32),
+               'loss_i': jnp.zeros((), jnp.float32)}
     return finish(state, metrics, ebm=ebm)
 
   def train_step(state: ts.TrainState,
@@ -254,13 +255,9 @@ def make_train_step(config, models: networks.Models,
           models, state.ebm.replace(state=ebm_sn), x0_neg, k_x2, lx)
     else:
       x_neg, info_neg = x1, info_x1
-    ebm, m_e = ebm_update(state, ebm_sn, x, x_neg)
+    ebm, m_e = ebm_update(state, ebm_sn, x, x_neg, info_neg)
 
     metrics = {**m_g, **m_i, **m_e, **chain_metrics}
-    metrics.update(
-        x_chain_energy_start=info_neg.energy_start / b,
-        x_chain_energy_end=m_e['energy_x_revised'],
-        x_chain_grad_norm=info_neg.grad_norm)
     if 'z_chain_rec_start' in metrics:
       metrics['z_chain_rec_end'] = m_g['g_rec_after_z_chain']
     return finish(state, metrics, ebm=ebm, gen=gen, inf=inf)
