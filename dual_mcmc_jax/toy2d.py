@@ -436,9 +436,11 @@ def log_normalizer(neg_energy: np.ndarray, cell_area: float) -> float:
   Returns:
     log(sum exp(-E) * cell_area), computed stably in float64.
   """
+  # pylint: disable=g-import-not-at-top
+  from scipy import special
+  # pylint: enable=g-import-not-at-top
   v = np.asarray(neg_energy, np.float64).ravel()
-  peak = np.max(v)
-  return float(peak + np.log(np.sum(np.exp(v - peak))) + math.log(cell_area))
+  return float(special.logsumexp(v) + math.log(cell_area))
 
 
 def normalized_log_density(neg_energy: np.ndarray,
