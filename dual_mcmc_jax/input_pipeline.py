@@ -1159,17 +1159,22 @@ def _load_digits_images(image_size: int) -> np.ndarray:
   return (resized / 8.0 - 1.0).astype(np.float32)[..., None]
 
 
-def _digits_split(config: ml_collections.ConfigDict, split: str) -> np.ndarray:
-  _check_image_config(config, num_channels=1)
-  images = _load_digits_images(int(config.data.image_size))
+def _select_digits_split(rows: np.ndarray, split: str) -> np.ndarray:
+  """The rows of `split` (the last _DIGITS_NUM_TEST are the test split)."""
   if split == 'train':
-    return images[:-_DIGITS_NUM_TEST]
+    return rows[:-_DIGITS_NUM_TEST]
   if split == 'test':
-    return images[-_DIGITS_NUM_TEST:]
+    return rows[-_DIGITS_NUM_TEST:]
   raise ValueError(
       'config.data.dataset=\'digits\' has splits \'train\' and \'test\'; got'
       f' split={split!r}.'
   )
+
+
+def _digits_split(config: ml_collections.ConfigDict, split: str) -> np.ndarray:
+  _check_image_config(config, num_channels=1)
+  return _select_digits_split(
+      _load_digits_images(int(config.data.image_size)), split)
 
 
 def digits_labels(split: str) -> np.ndarray:
@@ -1188,14 +1193,7 @@ def digits_labels(split: str) -> np.ndarray:
   from sklearn import datasets as sklearn_datasets
   # pylint: enable=g-import-not-at-top
   labels = sklearn_datasets.load_digits().target.astype(np.int64)
-  if split == 'train':
-    return labels[:-_DIGITS_NUM_TEST]
-  if split == 'test':
-    return labels[-_DIGITS_NUM_TEST:]
-  raise ValueError(
-      'config.data.dataset=\'digits\' has splits \'train\' and \'test\'; got'
-      f' split={split!r}.'
-  )
+  return _select_digits_split(labels, split)
 
 
 # --- toy2d --------------------------------------------------------------------
