@@ -93,6 +93,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import toy2d as toy2d_config
 from dual_mcmc_jax import langevin
 from dual_mcmc_jax import networks
+from dual_mcmc_jax import sampling
 from dual_mcmc_jax import toy2d
 from dual_mcmc_jax import train_state as ts
 from dual_mcmc_jax import train_step
@@ -245,7 +246,7 @@ def train(config: ml_collections.ConfigDict, num_steps: int
   num_points = int(config.data.toy2d_num_points)
   data = toy2d.sample(config.data.toy2d_name, num_points,
                       np.random.default_rng(seed))
-  models = networks.create_models(config)
+  models = ts.create_models(config)
   optimizers = ts.create_optimizers(config.optim, max(num_points // batch, 1))
   state = ts.create_train_state(models, optimizers, seed)
   step_fn = jax.jit(train_step.make_train_step(config, models, optimizers),
@@ -331,8 +332,8 @@ def draw_samples(config: ml_collections.ConfigDict, models: networks.Models,
       x0 = jax.random.uniform(k_init, (n, 2), jnp.float32, low, high)
     else:
       z = jax.random.normal(k_init, (n, models.nz), jnp.float32)
-      x0, _ = train_step.generate(models, state.gen, z)
-    x1, _, _ = train_step.revise_x(models, state.ebm, x0, k_chain, lx)
+      x0, _ = sampling.generate(models, state.gen, z)
+    x1, _, _ = sampling.revise_x(models, state.ebm, x0, k_chain, lx)
     return x0, x1
 
   x0, x1 = jax.device_get(sample(state, jax.random.key(seed)))
@@ -683,9 +684,9 @@ def score_workdir(config: ml_collections.ConfigDict, workdir: str,
     The numbers; the figure goes to <workdir>/toy2d_benchmark.png.
   """
   # pylint: disable=g-import-not-at-top
-  from dual_mcmc_jax import train as train_lib
+  from dual_mcmc_jax import checkpointing
   # pylint: enable=g-import-not-at-top
-  models, state = train_lib.load_state(config, workdir)
+  models, state = checkpointing.load_state(config, workdir)
   numbers, arrays = score(config, models, state, num, num_samples, seed)
   numbers = {'density': config.data.toy2d_name, 'step': int(state.step),
              **numbers}

@@ -85,7 +85,7 @@ def _lowered_flops(config: ml_collections.ConfigDict, x_steps: int,
   # Count the model's own arithmetic: the CPU's forward-conv gradient rule
   # multiplies the zeros of dilated inputs too (dual_mcmc_jax/conv.py).
   c.model.conv_input_grad = 'xla'
-  models = networks.create_models(c)
+  models = ts.create_models(c)
   optimizers = ts.create_optimizers(c.optim, steps_per_epoch=500)
   state = jax.eval_shape(
       lambda: ts.create_train_state(models, optimizers, 0))
@@ -169,7 +169,7 @@ def benchmark(config: ml_collections.ConfigDict, iters: int, warmup: int = 1,
   Returns:
     A dict of measurements and config fields.
   """
-  models = networks.create_models(config)
+  models = ts.create_models(config)
   optimizers = ts.create_optimizers(config.optim, steps_per_epoch=500)
   mesh = sharding.data_mesh()
   state = sharding.replicate(
@@ -343,7 +343,7 @@ def main(argv):
   config = FLAGS.config
   result = benchmark(config, FLAGS.iters, FLAGS.warmup, FLAGS.profile_dir)
   if FLAGS.peak:
-    peak = measure_peak_tflops(networks.compute_dtype(config))
+    peak = measure_peak_tflops(ts.compute_dtype(config))
     result['peak_tflops_measured'] = peak
     result['fraction_of_peak'] = result['achieved_tflops'] / peak
   print(f'devices: {result["devices"]} x {result["device_kind"]} '

@@ -14,6 +14,9 @@ What this module guarantees, and how:
   whose config differs in a field that changes the state's structure or the
   meaning of the run (`RUN_DEFINING_FIELDS`) refuses to resume unless
   `config.recovery.allow_config_change` is set.
+* `load_state(config, workdir)` is how everything but the training loop
+  (evaluation, sampling, the notebook, an imported PyTorch checkpoint) reads
+  a workdir; the loop itself resumes through `restore_or_create_state`.
 * A save that fails (disk full, permissions) stops the run with one line;
   earlier checkpoints stay, and orbax's `max_to_keep` clean-up, which runs
   only after a save has finished, cannot remove them on its behalf.
@@ -30,6 +33,9 @@ from absl import logging
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+
+from dual_mcmc_jax import networks
+from dual_mcmc_jax import train_state as ts
 
 CONFIG_FILE = 'config.json'
 
@@ -223,6 +229,60 @@ def restore_latest(manager: ocp.CheckpointManager, abstract: Any
         f'({"; ".join(errors)}); they were left untouched: move them away '
         'to start afresh, or use a new --workdir')
   return None
+
+
+def abstract_state(models: networks.Models, optimizers: ts.Optimizers,
+                   seed: int) -> Any:
+  """The structure of a train state (shapes and dtypes, nothing computed)."""
+  return jax.eval_shape(
+      lambda: ts.create_train_state(models, optimizers, seed))
+
+
+def restore_or_create_state(manager: ocp.CheckpointManager,
+                            models: networks.Models,
+                            optimizers: ts.Optimizers,
+                            seed: int) -> ts.TrainState:
+  """The newest restorable checkpoint of `manager`, else a fresh state."""
+  restored = restore_latest(manager,
+                            abstract_state(models, optimizers, seed))
+  if restored is None:
+    return ts.create_train_state(models, optimizers, seed)
+  step, state = restored
+  logging.info('Resuming from checkpoint at step %d in %s', step,
+               manager.directory)
+  return state
+
+
+def load_state(config: ml_collections.ConfigDict, workdir: str,
+               step: int | None = None
+               ) -> tuple[networks.Models, ts.TrainState]:
+  """Restores the train state of a workdir (latest step by default).
+
+  Args:
+    config: the configuration the workdir was trained with.
+    workdir: a training workdir.
+    step: checkpoint step to load, or None for the newest restorable one.
+
+  Returns:
+    (models, state).
+
+  Raises:
+    FileNotFoundError: the workdir has no checkpoint.
+    CheckpointError: it has checkpoints but none can be restored.
+  """
+  models = ts.create_models(config)
+  # The optimiser state's structure does not depend on the schedule length.
+  optimizers = ts.create_optimizers(config.optim, steps_per_epoch=1)
+  manager = create_checkpoint_manager(workdir, 1_000_000)
+  abstract = abstract_state(models, optimizers, int(config.training.seed))
+  if step is not None:
+    return models, manager.restore(step,
+                                   args=ocp.args.StandardRestore(abstract))
+  restored = restore_latest(manager, abstract)
+  if restored is None:
+    raise FileNotFoundError(f'no checkpoint in {manager.directory}; train '
+                            'first or check --workdir')
+  return models, restored[1]
 
 
 # How a full disk shows up: an OSError from Python's file calls, or a

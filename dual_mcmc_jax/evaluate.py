@@ -32,9 +32,9 @@ import jax
 import ml_collections
 import numpy as np
 
+from dual_mcmc_jax import checkpointing
 from dual_mcmc_jax import evaluators
 from dual_mcmc_jax import sharding
-from dual_mcmc_jax import train
 from dual_mcmc_jax import visualize
 from dual_mcmc_jax.evaluators import common
 
@@ -154,7 +154,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str
   """
   names = evaluator_names(config)
   workdir = os.path.abspath(workdir)
-  models, state = train.load_state(config, workdir)
+  models, state = checkpointing.load_state(config, workdir)
   step = int(jax.device_get(state.step))
   mesh = sharding.data_mesh()
   strict = bool(config.eval.strict)
@@ -203,7 +203,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str,
   n = int(num_samples or config.eval.num_samples_to_write)
   if n <= 0:
     raise ValueError(f'number of samples must be > 0; got {n}')
-  models, state = train.load_state(config, workdir)
+  models, state = checkpointing.load_state(config, workdir)
   step = int(jax.device_get(state.step))
   mesh = sharding.data_mesh()
   batch_size = common.eval_batch_size(config)

@@ -10,7 +10,7 @@ The config (with the same `--config.<group>.<field>=value` overrides as
 dict saved with `torch.save` holding {'epoch', 'netG', 'netE', 'netI', 'optG',
 'optE', 'optI'}, maps every tensor onto the Flax train state built from the
 config, and writes an ordinary orbax checkpoint into `WORKDIR/checkpoints`, so
-that `main.py` resumes from it and `train.load_state` loads it. Everything is
+that `main.py` resumes from it and `checkpointing.load_state` loads it. Everything is
 validated before anything is written; a workdir that already holds a
 checkpoint is refused.
 
@@ -84,8 +84,8 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from dual_mcmc_jax import checkpointing
 from dual_mcmc_jax import networks
-from dual_mcmc_jax import train
 from dual_mcmc_jax import train_state as ts
 
 # (checkpoint entry of the net, name in the TrainState, optimiser entry).
@@ -531,7 +531,7 @@ def map_networks(config: ml_collections.ConfigDict,
     CheckpointMismatchError: naming the first tensor that does not fit.
   """
   _check_config(config)
-  models = networks.create_models(config)
+  models = ts.create_models(config)
   shapes = abstract_variables(models)
   variables = {}
   for net, name, _ in NETS:
@@ -615,7 +615,7 @@ def build_train_state(config: ml_collections.ConfigDict,
     step: the train step to record.
 
   Returns:
-    The state, with the structure `train.restore_or_create_state` expects.
+    The state, with the structure `checkpointing.restore_or_create_state` expects.
   """
   # The optimiser state's structure does not depend on the schedule length.
   optimizers = ts.create_optimizers(config.optim, steps_per_epoch=1)
@@ -672,7 +672,7 @@ def import_checkpoint(config: ml_collections.ConfigDict,
   step = choose_step(moments, step)
   state = build_train_state(config, models, variables, moments, step)
   # Everything is validated: only now does the checkpoint directory appear.
-  manager = train.create_checkpoint_manager(
+  manager = checkpointing.create_checkpoint_manager(
       workdir, int(config.training.max_checkpoints_to_keep))
   manager.save(step, args=ocp.args.StandardSave(state))
   manager.wait_until_finished()

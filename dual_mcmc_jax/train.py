@@ -122,7 +122,7 @@ def load_state(config: ml_collections.ConfigDict, workdir: str,
   Returns:
     (models, state).
   """
-  models = networks.create_models(config)
+  models = ts.create_models(config)
   # The optimiser state's structure does not depend on the schedule length.
   optimizers = ts.create_optimizers(config.optim, steps_per_epoch=1)
   manager = create_checkpoint_manager(workdir, 1_000_000)
@@ -217,7 +217,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   from clu import periodic_actions  # pylint: disable=g-import-not-at-top
 
   validate_config(config)
-  models = networks.create_models(config)
+  models = ts.create_models(config)
   info = input_pipeline.get_dataset_info(config)
   # Everything that can fail on bad input has run before the workdir is
   # touched.

@@ -1,4 +1,10 @@
-"""Train state of the three networks and their optax optimisers.
+"""What a run is made of, and how a config creates it.
+
+`create_models(config)` maps `config.model` / `config.data` onto the three
+networks (the only place that reads the config for them, as flax's imagenet
+example keeps `create_model` outside its models), `create_optimizers` builds
+their optax optimisers from `config.optim`, and `create_train_state` the
+initial state.
 
 `TrainState` is a plain pytree (checkpointed whole by orbax): per network its
 parameters, its mutable collections (`batch_stats`: BatchNorm statistics in
@@ -22,9 +28,86 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dual_mcmc_jax import conv as conv_lib
 from dual_mcmc_jax import networks
 
 Array = jax.Array
+Dtype = Any
+
+ARCHS = ('resnet', 'simple', 'mlp')
+RESNET_STYLES = ('cifar', 'celeba')
+COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def compute_dtype(config) -> Dtype:
+  """`config.training.compute_dtype` as a jnp dtype (float32 if absent)."""
+  name = config.training.get('compute_dtype', 'float32')
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f'config.training.compute_dtype={name!r} is unknown; '
+                     f'allowed: {", ".join(COMPUTE_DTYPES)}')
+  return COMPUTE_DTYPES[name]
+
+
+def check_image_size(image_size: int, arch: str) -> None:
+  """Raises ValueError if `arch` cannot be built for `image_size`."""
+  if arch == 'mlp':
+    return
+  # The conv nets double (or halve) the resolution per block from 4x4.
+  if image_size < 8 or image_size & (image_size - 1):
+    raise ValueError(
+        f'config.data.image_size={image_size} cannot be built by '
+        f'config.model.arch={arch!r}; use a power of two >= 8 (8, 16, 32, '
+        '64, ...)')
+
+
+def create_models(config, dtype: Dtype | None = None) -> networks.Models:
+  """Maps `config.model` / `config.data` onto the three modules.
+
+  Args:
+    config: the experiment ConfigDict.
+    dtype: compute dtype of the networks (parameters stay float32); defaults
+      to `config.training.compute_dtype`.
+
+  Returns:
+    A `Models` holding the EBM, generator and inference modules.
+  """
+  dtype = compute_dtype(config) if dtype is None else dtype
+  m, d = config.model, config.data
+  if m.arch not in ARCHS:
+    raise ValueError(
+        f'config.model.arch={m.arch!r} is unknown; allowed: {", ".join(ARCHS)}')
+  sn = dict(spectral_norm=m.ebm_spectral_norm, sn_steps=m.sn_power_iterations)
+  if m.arch == 'mlp':
+    dim = int(d.get('point_dim', 2))
+    return networks.Models(
+        ebm=networks.MlpEBM(m.mlp_hidden, m.mlp_layers, dtype=dtype, **sn),
+        gen=networks.MlpGenerator(dim, m.mlp_hidden, m.mlp_layers, dtype),
+        inf=networks.MlpInference(m.nz, m.mlp_hidden, m.mlp_layers, dtype),
+        data_shape=(dim,), nz=m.nz)
+  check_image_size(d.image_size, m.arch)
+  # Validated here; 'auto' is resolved when the step is traced.
+  grad = str(m.get('conv_input_grad', 'auto'))
+  conv_lib.resolve_input_grad(grad)
+  size, channels = d.image_size, d.num_channels
+  shape = (size, size, channels)
+  if m.arch == 'simple':
+    return networks.Models(
+        ebm=networks.SimpleEBM(m.nef, size, conv_input_grad=grad, dtype=dtype,
+                               **sn),
+        gen=networks.SimpleGenerator(m.nz, m.ngf, size, channels, grad, dtype),
+        inf=networks.SimpleInference(m.nz, m.nif, size, dtype),
+        data_shape=shape, nz=m.nz)
+  style = m.resnet_style
+  if style not in RESNET_STYLES:
+    raise ValueError(f'config.model.resnet_style={style!r} is unknown; '
+                     f'allowed: {", ".join(RESNET_STYLES)}')
+  return networks.Models(
+      ebm=networks.ResEBM(m.nef, size, style, conv_input_grad=grad,
+                          dtype=dtype, **sn),
+      gen=networks.ResGenerator(m.nz, m.ngf, size, channels, style, grad,
+                                dtype),
+      inf=networks.ResInference(m.nz, m.nif, size, style, dtype),
+      data_shape=shape, nz=m.nz)
 
 
 @flax.struct.dataclass

@@ -30,6 +30,7 @@ import optax
 from dual_mcmc_jax import langevin
 from dual_mcmc_jax import losses
 from dual_mcmc_jax import networks
+from dual_mcmc_jax import sampling
 from dual_mcmc_jax import train_state as ts
 
 Array = jax.Array
@@ -41,56 +42,6 @@ def _apply_update(net: ts.NetState, grads: Any, tx: optax.GradientTransformation
   updates, opt_state = tx.update(grads, net.opt_state, net.params)
   return net.replace(params=optax.apply_updates(net.params, updates),
                      state=new_state, opt_state=opt_state)
-
-
-def generate(models: networks.Models, gen: ts.NetState,
-             z: Array) -> tuple[Array, dict[str, Any]]:
-  """x = G(z) with batch-statistics BatchNorm; returns (x, new gen state)."""
-  x, vs = models.gen.apply({'params': gen.params, **gen.state}, z,
-                           mutable=['batch_stats'])
-  return x, dict(vs)
-
-
-def revise_x(models: networks.Models, ebm: ts.NetState, x0: Array, key: Array,
-             settings: langevin.LangevinSettings, mask: Array | None = None
-             ) -> tuple[Array, dict[str, Any], langevin.ChainInfo]:
-  """x-revision of `x0` under the EBM; returns (x1, new EBM state, info)."""
-  fn = langevin.x_energy_fn(models.ebm.apply, ebm.params)
-  return langevin.langevin(fn, x0, key, settings, aux=ebm.state, mask=mask)
-
-
-def infer_z(models: networks.Models, inf: ts.NetState, x: Array,
-            key: Array | None) -> tuple[Array, Array, Array]:
-  """Draws z0 ~ q(z|x) (the mean if `key` is None); returns (z0, mu, logvar)."""
-  mu, logvar = models.inf.apply({'params': inf.params}, x)
-  if key is None:
-    return mu, mu, logvar
-  eps = jax.random.normal(key, mu.shape, mu.dtype)
-  return mu + jnp.exp(0.5 * logvar) * eps, mu, logvar
-
-
-def revise_z(models: networks.Models, gen: ts.NetState, z0: Array, x: Array,
-             key: Array, settings: langevin.LangevinSettings, sigma: float,
-             prior_sigma: float, x_mask: Array | None = None
-             ) -> tuple[Array, dict[str, Any], langevin.ChainInfo]:
-  """z-revision of `z0` under the generator posterior given x.
-
-  Args:
-    models, gen: the generator and its state.
-    z0: initial latents, [B, nz].
-    x: observed data, [B, ...].
-    key: PRNG key of the chain.
-    settings: Langevin settings.
-    sigma, prior_sigma: generator noise and prior scale.
-    x_mask: optional mask of observed pixels (True = observed); unobserved
-      pixels do not enter the likelihood (inpainting).
-
-  Returns:
-    (z1, new generator state, chain info).
-  """
-  fn = langevin.z_energy_fn(models.gen.apply, gen.params, x, sigma,
-                            prior_sigma, settings.rule, x_mask)
-  return langevin.langevin(fn, z0, key, settings, aux=gen.state)
 
 
 X_CHAIN_INITS = ('generator', 'noise')
@@ -193,7 +144,7 @@ def make_train_step(config, models: networks.Models,
     k_init, k_x = jax.random.split(ts.step_key(state))
     x0 = jax.random.uniform(k_init, x.shape, jnp.float32, noise_low,
                             noise_high)
-    x_neg, ebm_sn, info = revise_x(models, state.ebm, x0, k_x, lx)
+    x_neg, ebm_sn, info = sampling.revise_x(models, state.ebm, x0, k_x, lx)
     ebm, m_e = ebm_update(state, ebm_sn, x, x_neg, info)
     # G and I are not trained; zero losses keep the metric names the
     # training loop reports and checks.
@@ -209,17 +160,17 @@ def make_train_step(config, models: networks.Models,
 
     # 1. Generator proposal and its x-revision under the current EBM.
     z = jax.random.normal(k_z, (b, models.nz), jnp.float32)
-    x0, gen_bn = generate(models, state.gen, z)
-    x1, ebm_sn, info_x1 = revise_x(models, state.ebm, x0, k_x1, lx)
+    x0, gen_bn = sampling.generate(models, state.gen, z)
+    x1, ebm_sn, info_x1 = sampling.revise_x(models, state.ebm, x0, k_x1, lx)
 
     # 2. Inference proposal and its z-revision under the current generator.
     chain_metrics = {}
     z1 = None
     if data_teaching:
-      z0, _, _ = infer_z(models, state.inf, x, k_q)
+      z0, _, _ = sampling.infer_z(models, state.inf, x, k_q)
       z1 = z0
       if z_revision:
-        z1, gen_bn, info_z = revise_z(models, state.gen.replace(state=gen_bn),
+        z1, gen_bn, info_z = sampling.revise_z(models, state.gen.replace(state=gen_bn),
                                       z0, x, k_zc, lz, sigma, prior_sigma)
         # Reconstruction error at the chain's start, recovered from its
         # energy.
@@ -249,9 +200,9 @@ def make_train_step(config, models: networks.Models,
 
     # 5. EBM update, negatives from a second chain off the updated generator.
     if second_chain:
-      x0_neg, gen_bn = generate(models, gen, z)
+      x0_neg, gen_bn = sampling.generate(models, gen, z)
       gen = gen.replace(state=gen_bn)
-      x_neg, ebm_sn, info_neg = revise_x(
+      x_neg, ebm_sn, info_neg = sampling.revise_x(
           models, state.ebm.replace(state=ebm_sn), x0_neg, k_x2, lx)
     else:
       x_neg, info_neg = x1, info_x1
@@ -263,32 +214,3 @@ def make_train_step(config, models: networks.Models,
     return finish(state, metrics, ebm=ebm, gen=gen, inf=inf)
 
   return noise_init_step if x_init == 'noise' else train_step
-
-
-def make_sample_fn(config, models: networks.Models
-                   ) -> Callable[[ts.TrainState, Array, Array],
-                                 dict[str, Array]]:
-  """Builds `sample(state, key, x) -> images` for TensorBoard grids.
-
-  Returns generator samples, their x-revision under the EBM, and
-  reconstructions of the data batch `x` before and after z-revision. Uses the
-  training chain settings; the state is not modified.
-  """
-  lx = langevin.LangevinSettings.from_config(config.langevin_x)
-  lz = langevin.LangevinSettings.from_config(config.langevin_z)
-  sigma, prior_sigma = float(config.loss.sigma), float(config.loss.prior_sigma)
-
-  def sample(state: ts.TrainState, key: Array, x: Array) -> dict[str, Array]:
-    k_z, k_x, k_zc = jax.random.split(key, 3)
-    z = jax.random.normal(k_z, (x.shape[0], models.nz), jnp.float32)
-    x0, _ = generate(models, state.gen, z)
-    x1, _, _ = revise_x(models, state.ebm, x0, k_x, lx)
-    z0, _, _ = infer_z(models, state.inf, x, None)
-    rec0, _ = generate(models, state.gen, z0)
-    z1, _, _ = revise_z(models, state.gen, z0, x, k_zc, lz, sigma, prior_sigma)
-    rec1, _ = generate(models, state.gen, z1)
-    return {'generator_samples': x0, 'ebm_revised_samples': x1,
-            'data': x, 'reconstruction_before_z_revision': rec0,
-            'reconstruction_after_z_revision': rec1}
-
-  return sample

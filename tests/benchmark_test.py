@@ -86,7 +86,7 @@ def test_benchmark_prints_json_with_its_own_profile(tmp_path):
 def _compiled_temp_bytes(x_steps: int) -> int:
   config = ml_collections.ConfigDict(test_config.get_config().to_dict())
   config.langevin_x.steps = x_steps
-  models = networks.create_models(config)
+  models = ts.create_models(config)
   optimizers = ts.create_optimizers(config.optim, 10)
   state = jax.eval_shape(lambda: ts.create_train_state(models, optimizers, 0))
   batch = jax.ShapeDtypeStruct((8,) + models.data_shape, jnp.float32)

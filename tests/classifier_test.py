@@ -80,7 +80,7 @@ def test_untrained_model_scores_far_below_the_real_digits():
   config.eval.classifier_num_samples = 100
   config.eval.classifier_hidden = 32
   config.eval.classifier_max_iter = 40
-  models = networks.create_models(config)
+  models = ts.create_models(config)
   optimizers = ts.create_optimizers(config.optim, 1)
   state = ts.create_train_state(models, optimizers, seed=0)
   out = dict(classifier.Evaluator(config, '', models,
@@ -102,12 +102,12 @@ def test_untrained_model_scores_far_below_the_real_digits():
 
 def test_needs_digits():
   config = toy2d_config.get_config()
-  models = networks.create_models(config)
+  models = ts.create_models(config)
   with pytest.raises(common.EvaluatorUnavailable, match='image'):
     classifier.Evaluator(config, '', models, sharding.data_mesh())
   config = test_config.get_config()
   config.data.dataset = 'npz'
-  models = networks.create_models(config)
+  models = ts.create_models(config)
   with pytest.raises(common.EvaluatorUnavailable, match='digits'):
     classifier.Evaluator(config, '', models, sharding.data_mesh())
 

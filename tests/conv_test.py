@@ -18,7 +18,7 @@ from dual_mcmc_jax import conv
 from dual_mcmc_jax import langevin
 from dual_mcmc_jax import networks
 from dual_mcmc_jax import train_state as ts
-from dual_mcmc_jax import train_step
+from dual_mcmc_jax import sampling
 
 # (size, kernel, stride, padding, lhs_dilation): every conv the nets use, and
 # odd sizes where the stride leaves input rows unreached.
@@ -67,14 +67,14 @@ def test_rule_names_are_checked_and_auto_resolves_by_backend():
   config = test_config.get_config()
   config.model.conv_input_grad = 'fast'
   with pytest.raises(ValueError, match='conv_input_grad'):
-    networks.create_models(config)
+    ts.create_models(config)
 
 
 def test_plain_generator_equals_flax_conv_transpose():
   """The input-dilated convs are the transposed convs they replace."""
   config = test_config.get_config()
   config.model.arch = 'simple'
-  models = networks.create_models(config)
+  models = ts.create_models(config)
   variables = models.gen.init(jax.random.key(0), jnp.zeros((4, models.nz)))
   z = jax.random.normal(jax.random.key(1), (4, models.nz))
   got, _ = models.gen.apply(variables, z, mutable=['batch_stats'])
@@ -110,7 +110,7 @@ def test_chains_agree_and_compile_without_transposed_kernel_layout(arch):
   out, hlo = {}, {}
   for rule in ('xla', 'forward_conv'):
     config.model.conv_input_grad = rule
-    models = networks.create_models(config)
+    models = ts.create_models(config)
     state = ts.create_train_state(
         models, ts.create_optimizers(config.optim, 10), 0)
     x = jax.random.uniform(jax.random.key(2), (8,) + models.data_shape,
@@ -118,9 +118,9 @@ def test_chains_agree_and_compile_without_transposed_kernel_layout(arch):
     z = jax.random.normal(jax.random.key(3), (8, models.nz))
 
     def chains(state, x, z, models=models):
-      x1, _, _ = train_step.revise_x(models, state.ebm, x, jax.random.key(4),
+      x1, _, _ = sampling.revise_x(models, state.ebm, x, jax.random.key(4),
                                      lx)
-      z1, _, _ = train_step.revise_z(models, state.gen, z, x,
+      z1, _, _ = sampling.revise_z(models, state.gen, z, x,
                                      jax.random.key(5), lz, 0.3, 1.0)
       return x1 - x, z1 - z  # what the chains moved
 

@@ -2,7 +2,7 @@
 
 Without PyTorch (as in CI) the reference state dicts come from the golden
 fixtures (tests/fixtures/, see scripts/make_golden_fixtures.py): the mapping
-and the orbax writer run end to end, `train.load_state` and the resume path
+and the orbax writer run end to end, `checkpointing.load_state` and the resume path
 of `main.py` read the result back, mismatching checkpoints are refused
 without writing anything, and a missing PyTorch gives one clear line. A
 state dict with the authors' CIFAR-10 key names, written out by hand, is
@@ -26,9 +26,9 @@ from flax import traverse_util
 
 from configs import celeba64 as celeba64_config
 from configs import cifar10 as cifar10_config
+from dual_mcmc_jax import checkpointing
 from dual_mcmc_jax import import_torch
 from dual_mcmc_jax import networks
-from dual_mcmc_jax import train
 from dual_mcmc_jax import train_state as ts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,7 +91,7 @@ def test_import_then_load_state_and_resume_read_every_tensor(tmp_path):
   assert int(written.step) == 0
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['0']
 
-  _, state = train.load_state(config, str(tmp_path))
+  _, state = checkpointing.load_state(config, str(tmp_path))
   _assert_state_holds(state, checkpoint)
   assert int(state.step) == 0
   for leaf in jax.tree.leaves(state.gen.opt_state):
@@ -101,13 +101,13 @@ def test_import_then_load_state_and_resume_read_every_tensor(tmp_path):
   # costs seconds of compilation per parameter shape).
   _, run_key = jax.random.split(jax.random.key(int(config.training.seed)))
   np.testing.assert_array_equal(state.rng, jax.random.key_data(run_key))
-  models = networks.create_models(config)
+  models = ts.create_models(config)
   optimizers = ts.create_optimizers(config.optim, steps_per_epoch=1)
 
   # main.py resumes through restore_or_create_state.
-  manager = train.create_checkpoint_manager(str(tmp_path), 3)
-  resumed = train.restore_or_create_state(config, models, optimizers,
-                                          manager)
+  manager = checkpointing.create_checkpoint_manager(str(tmp_path), 3)
+  resumed = checkpointing.restore_or_create_state(
+      manager, models, optimizers, int(config.training.seed))
   _assert_state_holds(resumed, checkpoint)
 
 
@@ -133,7 +133,7 @@ def test_imported_adam_state_continues_exactly_like_torch_optim_adam(
   # netI keeps no optimiser state here: it gets a fresh one.
 
   import_torch.import_checkpoint(config, checkpoint, str(tmp_path))
-  _, state = train.load_state(config, str(tmp_path))
+  _, state = checkpointing.load_state(config, str(tmp_path))
   _assert_state_holds(state, checkpoint)
   assert int(state.step) == 1  # PyTorch's Adam step count.
 
@@ -182,7 +182,7 @@ def test_step_flag_overrides_and_data_parallel_prefix_is_stripped(tmp_path):
   state = import_torch.import_checkpoint(config, checkpoint, str(tmp_path),
                                          step=1500)
   assert int(state.step) == 1500
-  _, loaded = train.load_state(config, str(tmp_path))
+  _, loaded = checkpointing.load_state(config, str(tmp_path))
   assert int(loaded.step) == 1500
   # The learning-rate schedule continues from the step.
   counts = [s.count for s in loaded.gen.opt_state
@@ -368,7 +368,7 @@ def test_refuses_to_overwrite_an_existing_checkpoint(tmp_path):
   with pytest.raises(FileExistsError, match='refusing to overwrite'):
     import_torch.import_checkpoint(config, checkpoint, str(tmp_path), step=7)
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == before
-  _, state = train.load_state(config, str(tmp_path))
+  _, state = checkpointing.load_state(config, str(tmp_path))
   _assert_state_holds(state, checkpoint)
 
 
@@ -462,7 +462,7 @@ def test_real_pth_round_trip_through_the_command_line(tmp_path):
   assert 'with their Adam states' in proc.stdout
 
   config = _config(nz=8, ngf=16, nef=16, nif=4)
-  models, state = train.load_state(config, str(tmp_path / 'run'))
+  models, state = checkpointing.load_state(config, str(tmp_path / 'run'))
   numpy_ckpt = import_torch.read_torch_checkpoint(str(path))
   _assert_state_holds(state, numpy_ckpt)
   assert int(state.step) == 1
@@ -507,7 +507,7 @@ def test_real_pth_at_the_paper_cifar10_widths(tmp_path):
   config = cifar10_config.get_config()  # ngf = nef = 512, nif = 128.
   numpy_ckpt = import_torch.read_torch_checkpoint(str(path))
   import_torch.import_checkpoint(config, numpy_ckpt, str(tmp_path / 'run'))
-  _, state = train.load_state(config, str(tmp_path / 'run'))
+  _, state = checkpointing.load_state(config, str(tmp_path / 'run'))
   _assert_state_holds(state, numpy_ckpt)
   counts = {name: sum(int(np.prod(np.shape(p))) for p in jax.tree.leaves(
       getattr(state, name).params)) for name in ('gen', 'ebm', 'inf')}

@@ -62,7 +62,7 @@ def test_psnr_and_ssim_of_known_recoveries():
 
 def _tiny():
   config = test_config.get_config()
-  models = networks.create_models(config)
+  models = ts.create_models(config)
   optimizers = ts.create_optimizers(config.optim, steps_per_epoch=1)
   state = ts.create_train_state(models, optimizers, seed=0)
   return config, models, state

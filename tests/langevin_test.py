@@ -23,6 +23,7 @@ from configs import default
 from configs import test as test_config
 from dual_mcmc_jax import langevin
 from dual_mcmc_jax import networks
+from dual_mcmc_jax import train_state
 
 _A = np.array([[2.0, 0.6], [0.6, 1.0]])  # non-diagonal, eigenvalues 0.72, 2.28
 _MU = np.array([1.0, -2.0])
@@ -238,7 +239,7 @@ def test_settings_from_config():
 
 @pytest.fixture(scope='module')
 def tiny_generator():
-  models = networks.create_models(test_config.get_config())
+  models = train_state.create_models(test_config.get_config())
   rng = np.random.default_rng(4)
   z = jnp.asarray(rng.normal(size=(4, models.nz)), jnp.float32)
   x = jnp.asarray(rng.uniform(-1, 1, size=(4,) + models.data_shape),
@@ -345,7 +346,7 @@ def test_reference_z_update_is_the_authors_formula(tiny_generator):
 
 
 def test_x_energy_is_summed_ebm_energy_and_updates_power_iteration():
-  models = networks.create_models(test_config.get_config())
+  models = train_state.create_models(test_config.get_config())
   x = jnp.asarray(np.random.default_rng(5).uniform(
       -1, 1, size=(3,) + models.data_shape), jnp.float32)
   variables = models.ebm.init(jax.random.key(0, impl='rbg'), x,

@@ -15,6 +15,7 @@ from configs import default
 from configs import test as test_config
 from dual_mcmc_jax import losses
 from dual_mcmc_jax import networks
+from dual_mcmc_jax import train_state
 
 
 def _np_nll(z, mu, logvar):
@@ -49,7 +50,7 @@ def test_gaussian_nll_adds_1e6_to_the_variance():
 @pytest.fixture(scope='module')
 def tiny():
   """Tiny models, their variables and fixed inputs (batch of 4)."""
-  models = networks.create_models(test_config.get_config())
+  models = train_state.create_models(test_config.get_config())
   variables = networks.init_models(models, jax.random.key(0, impl='rbg'), 4)
   rng = np.random.default_rng(1)
   b, nz, shape = 4, models.nz, models.data_shape

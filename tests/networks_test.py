@@ -18,6 +18,7 @@ from flax import traverse_util
 from configs import default
 from configs import test as test_config
 from dual_mcmc_jax import networks
+from dual_mcmc_jax import train_state
 
 
 def _key(seed):
@@ -89,7 +90,7 @@ def _expected_resnet_counts(ngf, nef, nif, nz, style, c=3):
 
 
 def test_cifar_resnet_counts_match_paper_table4():
-  counts = _counts(networks.create_models(_config()))
+  counts = _counts(train_state.create_models(_config()))
   paper = {'gen': 16e6, 'inf': 15e6, 'ebm': 16e6}
   for name, n in counts.items():
     assert abs(n / paper[name] - 1) < 0.05, (name, n)
@@ -99,7 +100,7 @@ def test_cifar_resnet_counts_match_paper_table4():
     ('cifar', 32, 256), ('cifar', 32, 512), ('cifar', 32, 1024),
     ('celeba', 64, 1024)])
 def test_resnet_counts_match_reference_layer_list(style, size, width):
-  models = networks.create_models(
+  models = train_state.create_models(
       _config(style=style, image_size=size, ngf=width, nef=width))
   assert _counts(models) == _expected_resnet_counts(width, width, 128, 128,
                                                     style)
@@ -107,7 +108,7 @@ def test_resnet_counts_match_reference_layer_list(style, size, width):
 
 @pytest.mark.parametrize('nef', [256, 512, 1024])
 def test_ebm_width_sweep_builds(nef):
-  models = networks.create_models(_config(nef=nef))
+  models = train_state.create_models(_config(nef=nef))
   v = _abstract_variables(models)
   energy = jax.eval_shape(
       lambda var, x: models.ebm.apply(var, x, update_stats=False),
@@ -116,7 +117,7 @@ def test_ebm_width_sweep_builds(nef):
 
 
 def test_celeba64_layout_builds_at_paper_width():
-  models = networks.create_models(
+  models = train_state.create_models(
       _config(style='celeba', image_size=64, ngf=1024, nef=1024))
   v = _abstract_variables(models)
   # Generator widths halve per block: the last up-block has ngf / 16.
@@ -178,7 +179,7 @@ def _run_all(models, batch=3, seed=0):
 ])
 def test_output_shapes_and_ranges(arch, style, size, channels, ngf, nef, nif,
                                   nz):
-  models = networks.create_models(
+  models = train_state.create_models(
       _config(arch, style, size, channels, ngf, nef, nif, nz))
   gz, e, mu, logvar = _run_all(models)
   assert gz.shape == (3, size, size, channels)
@@ -192,7 +193,7 @@ def test_output_shapes_and_ranges(arch, style, size, channels, ngf, nef, nif,
 
 
 def test_simple_net_counts_match_paper_table1():
-  models = networks.create_models(
+  models = train_state.create_models(
       _config(arch='simple', ngf=100, nef=112, nif=128, nz=128))
   counts = _counts(models)
   paper = {'gen': 8e6, 'inf': 5e6, 'ebm': 2e6}
@@ -203,7 +204,7 @@ def test_simple_net_counts_match_paper_table1():
 def test_mlp_shapes_for_points():
   config = _config(arch='mlp', nz=3)
   config.model.mlp_hidden = 32
-  models = networks.create_models(config)
+  models = train_state.create_models(config)
   assert models.data_shape == (2,)
   gz, e, mu, logvar = _run_all(models, batch=5)
   assert gz.shape == (5, 2)
@@ -250,7 +251,7 @@ _TINY_EBMS = [
 
 @functools.lru_cache(maxsize=None)
 def _tiny_ebm(arch, style, size, channels, nef):
-  models = networks.create_models(
+  models = train_state.create_models(
       _config(arch, style, size, channels, nef=nef, ngf=8, nif=8, nz=8))
   x = jax.random.normal(_key(1), (2, size, size, channels))
   variables = models.ebm.init(_key(0), x, update_stats=False)
@@ -259,7 +260,7 @@ def _tiny_ebm(arch, style, size, channels, nef):
 
 @pytest.mark.parametrize('arch,style,size,channels,nef', _TINY_EBMS)
 def test_spectral_norm_on_every_ebm_layer(arch, style, size, channels, nef):
-  models = networks.create_models(
+  models = train_state.create_models(
       _config(arch, style, size, channels, nef=nef, ngf=8, nif=8, nz=8))
   variables = _abstract_variables(models)['ebm']
   flat_params = traverse_util.flatten_dict(variables['params'])
@@ -389,7 +390,7 @@ def test_resnet_ebm_is_invariant_to_kernel_scale(style):
 @pytest.fixture(scope='module')
 def wide_variables():
   """Moderately wide nets (8x8 images) whose kernels give tight statistics."""
-  models = networks.create_models(
+  models = train_state.create_models(
       _config(image_size=8, ngf=256, nef=128, nif=64, nz=128))
   return networks.init_models(models, _key(3))
 
@@ -520,7 +521,7 @@ def test_upsample2x_of_single_pixel_copies_it():
 
 @pytest.fixture(scope='module')
 def tiny_generator():
-  models = networks.create_models(test_config.get_config())
+  models = train_state.create_models(test_config.get_config())
   z = jax.random.normal(_key(5), (4, models.nz))
   return models.gen, models.gen.init(_key(0), z), z
 
@@ -556,4 +557,4 @@ def test_generator_batchnorm_uses_batch_statistics(tiny_generator):
 ])
 def test_bad_config_raises_naming_field(overrides, field):
   with pytest.raises(ValueError, match=field.replace('.', r'\.')):
-    networks.create_models(_config(**overrides))
+    train_state.create_models(_config(**overrides))

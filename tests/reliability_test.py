@@ -202,7 +202,7 @@ def test_killed_repeatedly_then_finished_equals_an_uninterrupted_run(
   assert out.returncode == 0, out.stderr[-2000:]
   assert 'Resuming from checkpoint at step' in out.stderr
   assert _saved_steps(workdir)[-1] == NUM_STEPS
-  _, resumed = train.load_state(_cheap_config(), workdir)
+  _, resumed = checkpointing.load_state(_cheap_config(), workdir)
   assert int(resumed.step) == NUM_STEPS
   _assert_same_state(clean_state, resumed)
 

@@ -25,7 +25,7 @@ _SCRIPT = textwrap.dedent('''
     assert jax.device_count() == 8, jax.devices()
     config = test_config.get_config()
     config.training.batch_size = 16
-    models = networks.create_models(config)
+    models = ts.create_models(config)
     opt = ts.create_optimizers(config.optim, 10)
     step = tsl.make_train_step(config, models, opt)
     batches = [np.random.default_rng(i).uniform(
@@ -112,7 +112,7 @@ _FID_SCRIPT = textwrap.dedent('''
     assert jax.device_count() == 8, jax.devices()
     config = test_config.get_config()
     config.eval.langevin_steps = 5
-    models = networks.create_models(config)
+    models = ts.create_models(config)
     opt = ts.create_optimizers(config.optim, 10)
     state = ts.create_train_state(models, opt, 0)
     variables = inception.state_dict_to_variables(

@@ -42,7 +42,7 @@ def _make_step(config, models, optimizers, max_traces=None):
 @pytest.fixture(scope='module')
 def setup():
   config = test_config.get_config()
-  models = networks.create_models(config)
+  models = ts.create_models(config)
   optimizers = ts.create_optimizers(config.optim, _STEPS_PER_EPOCH)
   state = ts.create_train_state(models, optimizers, seed=0)
   batch = jnp.asarray(np.random.default_rng(0).uniform(
@@ -233,7 +233,7 @@ def _toy_config(**training):
 @pytest.fixture(scope='module')
 def toy():
   config = _toy_config()
-  models = networks.create_models(config)
+  models = ts.create_models(config)
   optimizers = ts.create_optimizers(config.optim, _STEPS_PER_EPOCH)
   state = ts.create_train_state(models, optimizers, seed=0)
   batch = jnp.asarray(toy2d.sample('8gaussians', 16,

@@ -23,9 +23,9 @@ import numpy as np
 from dual_mcmc_jax import input_pipeline
 from dual_mcmc_jax import langevin
 from dual_mcmc_jax import networks
+from dual_mcmc_jax import sampling
 from dual_mcmc_jax import sharding
 from dual_mcmc_jax import train_state as ts
-from dual_mcmc_jax import train_step
 
 Array = jax.Array
 
@@ -206,8 +206,8 @@ def make_sampler(config: ml_collections.ConfigDict, models: networks.Models,
     k_z, k_x = jax.random.split(key)
     z = jax.random.normal(k_z, (batch_size, models.nz), jnp.float32)
     z = jax.lax.with_sharding_constraint(z, batch_sharding)
-    x0, _ = train_step.generate(models, state.gen, z)
-    x1, _, _ = train_step.revise_x(models, state.ebm, x0, k_x, settings)
+    x0, _ = sampling.generate(models, state.gen, z)
+    x1, _, _ = sampling.revise_x(models, state.ebm, x0, k_x, settings)
     return x0, x1
 
   return jax.jit(sample, out_shardings=(batch_sharding, batch_sharding))

@@ -58,9 +58,9 @@ import numpy as np
 
 from dual_mcmc_jax import langevin
 from dual_mcmc_jax import networks
+from dual_mcmc_jax import sampling
 from dual_mcmc_jax import sharding
 from dual_mcmc_jax import train_state as ts
-from dual_mcmc_jax import train_step
 from dual_mcmc_jax import visualize
 from dual_mcmc_jax.evaluators import common
 
@@ -171,13 +171,13 @@ def make_recover_fn(config: ml_collections.ConfigDict,
               key: Array) -> dict[str, Array]:
     k_z, k_x = jax.random.split(key)
     x_occ = jnp.where(mask, x, fill)  # [B, H, W, C]
-    z0, _, _ = train_step.infer_z(models, state.inf, x_occ, None)
-    rec0, _ = train_step.generate(models, state.gen, z0)
-    z1, _, _ = train_step.revise_z(models, state.gen, z0, x_occ, k_z, lz,
+    z0, _, _ = sampling.infer_z(models, state.inf, x_occ, None)
+    rec0, _ = sampling.generate(models, state.gen, z0)
+    z1, _, _ = sampling.revise_z(models, state.gen, z0, x_occ, k_z, lz,
                                    sigma, prior_sigma, x_mask=mask)
-    rec1, _ = train_step.generate(models, state.gen, z1)
+    rec1, _ = sampling.generate(models, state.gen, z1)
     x_init = jnp.where(mask, x, rec1)
-    rec2, _, _ = train_step.revise_x(models, state.ebm, x_init, k_x, lx,
+    rec2, _, _ = sampling.revise_x(models, state.ebm, x_init, k_x, lx,
                                      mask=mask)
     if paste:
       rec0 = jnp.where(mask, x, rec0)
