@@ -91,12 +91,12 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import toy2d as toy2d_config
+from dual_mcmc_jax import experiment
 from dual_mcmc_jax import langevin
 from dual_mcmc_jax import networks
 from dual_mcmc_jax import sampling
 from dual_mcmc_jax import toy2d
 from dual_mcmc_jax import train_state as ts
-from dual_mcmc_jax import train_step
 
 FLAGS = flags.FLAGS
 
@@ -246,11 +246,9 @@ def train(config: ml_collections.ConfigDict, num_steps: int
   num_points = int(config.data.toy2d_num_points)
   data = toy2d.sample(config.data.toy2d_name, num_points,
                       np.random.default_rng(seed))
-  models = ts.create_models(config)
-  optimizers = ts.create_optimizers(config.optim, max(num_points // batch, 1))
-  state = ts.create_train_state(models, optimizers, seed)
-  step_fn = jax.jit(train_step.make_train_step(config, models, optimizers),
-                    donate_argnums=0)
+  exp = experiment.build(config,
+                         steps_per_epoch=max(num_points // batch, 1))
+  models, step_fn, state = exp.models, exp.train_step, exp.init_state()
   rng = np.random.default_rng(seed + 1)
   start = time.perf_counter()
   compile_seconds = 0.0

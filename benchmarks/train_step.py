@@ -45,15 +45,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from dual_mcmc_jax import conv
+from dual_mcmc_jax import experiment
 from dual_mcmc_jax import networks
-from dual_mcmc_jax import sharding
 from dual_mcmc_jax import train_state as ts
-from dual_mcmc_jax import train_step as train_step_lib
 import profile_trace
 
 FLAGS = flags.FLAGS
@@ -85,14 +83,12 @@ def _lowered_flops(config: ml_collections.ConfigDict, x_steps: int,
   # Count the model's own arithmetic: the CPU's forward-conv gradient rule
   # multiplies the zeros of dilated inputs too (dual_mcmc_jax/conv.py).
   c.model.conv_input_grad = 'xla'
-  models = ts.create_models(c)
-  optimizers = ts.create_optimizers(c.optim, steps_per_epoch=500)
-  state = jax.eval_shape(
-      lambda: ts.create_train_state(models, optimizers, 0))
+  # Chains of 0 steps are no valid config; this variant is only lowered.
+  exp = experiment.build(c, steps_per_epoch=500, validate=False)
   batch = jax.ShapeDtypeStruct(
-      (int(c.training.batch_size),) + models.data_shape, jnp.float32)
-  step = jax.jit(train_step_lib.make_train_step(c, models, optimizers))
-  return _cost_flops(step.lower(state, batch).cost_analysis())
+      (int(c.training.batch_size),) + exp.models.data_shape, jnp.float32)
+  return _cost_flops(
+      exp.train_step.lower(exp.abstract_state(), batch).cost_analysis())
 
 
 def count_flops(config: ml_collections.ConfigDict) -> dict[str, float]:
@@ -156,6 +152,22 @@ def measure_peak_tflops(dtype: Any = jnp.float32, n: int = 4096,
   return 2 * n**3 / best / 1e12
 
 
+def _time_compiled(compiled: Any, state: Any, batch: jax.Array, iters: int,
+                   warmup: int) -> tuple[list[float], Any]:
+  """Seconds of each of `iters` iterations after `warmup` untimed ones."""
+  metrics = None
+  for _ in range(warmup):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(iters):
+    t0 = time.perf_counter()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - t0)
+  return times, (state, metrics)
+
+
 def benchmark(config: ml_collections.ConfigDict, iters: int, warmup: int = 1,
               profile_dir: str | None = None) -> dict[str, Any]:
   """Compiles and times the train step of `config`.
@@ -169,32 +181,17 @@ def benchmark(config: ml_collections.ConfigDict, iters: int, warmup: int = 1,
   Returns:
     A dict of measurements and config fields.
   """
-  models = ts.create_models(config)
-  optimizers = ts.create_optimizers(config.optim, steps_per_epoch=500)
-  mesh = sharding.data_mesh()
-  state = sharding.replicate(
-      ts.create_train_state(models, optimizers, int(config.training.seed)),
-      mesh)
-  b = int(config.training.batch_size)
-  rng = np.random.default_rng(0)
-  batch = sharding.shard_batch(
-      rng.uniform(-1, 1, (b,) + models.data_shape).astype(np.float32), mesh)
-  step = jax.jit(train_step_lib.make_train_step(config, models, optimizers),
-                 donate_argnums=0, out_shardings=sharding.replicated(mesh))
+  exp = experiment.build(config, steps_per_epoch=500)
+  state, batch = exp.init_state(), exp.synthetic_batch(0)
   t0 = time.perf_counter()
-  compiled = step.lower(state, batch).compile()
+  compiled = exp.train_step.lower(state, batch).compile()
   compile_sec = time.perf_counter() - t0
-  for _ in range(warmup):
-    state, metrics = compiled(state, batch)
-  jax.block_until_ready(state)
-  times = []
   if profile_dir:
+    _, (state, _) = _time_compiled(compiled, state, batch, 0, warmup)
+    warmup = 0
     jax.profiler.start_trace(profile_dir, create_perfetto_trace=True)
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready((state, metrics))
-    times.append(time.perf_counter() - t0)
+  times, (state, metrics) = _time_compiled(compiled, state, batch, iters,
+                                           warmup)
   profile = None
   if profile_dir:
     jax.profiler.stop_trace()
@@ -202,20 +199,30 @@ def benchmark(config: ml_collections.ConfigDict, iters: int, warmup: int = 1,
         profile_dir, compiled.as_text(), iters, int(config.langevin_x.steps),
         int(config.langevin_z.steps), bool(config.training.second_x_chain))
   flop_counts = count_flops(config)
-  flops = flop_counts['flops_per_iter']
   median = statistics.median(times)
   peak, peak_kind = peak_memory_bytes()
-  n_params = {k: networks.count_params(getattr(state, k).params)
-              for k in ('ebm', 'gen', 'inf')}
   return {
       'sec_per_iter_median': median,
       'sec_per_iter_min': min(times),
       'compile_sec': compile_sec,
       **flop_counts,
-      'achieved_tflops': flops / median / 1e12,
+      'achieved_tflops': flop_counts['flops_per_iter'] / median / 1e12,
       'peak_memory_bytes': peak,
       'peak_memory_kind': peak_kind,
       'compiled_temp_bytes': _temp_bytes(compiled),
+      **_describe(config, state),
+      'iters': iters,
+      'healthy': bool(metrics['healthy']),
+      **({'profile': profile} if profile else {}),
+  }
+
+
+def _describe(config: ml_collections.ConfigDict, state: Any
+              ) -> dict[str, Any]:
+  """The devices and the config fields a timing depends on."""
+  n_params = {k: networks.count_params(getattr(state, k).params)
+              for k in ('ebm', 'gen', 'inf')}
+  return {
       'devices': jax.device_count(),
       'device_kind': jax.devices()[0].device_kind,
       'platform': jax.devices()[0].platform,
@@ -228,16 +235,13 @@ def benchmark(config: ml_collections.ConfigDict, iters: int, warmup: int = 1,
       'nef': int(config.model.nef),
       'nif': int(config.model.nif),
       'nz': int(config.model.nz),
-      'batch_size': b,
+      'batch_size': int(config.training.batch_size),
       'langevin_x_steps': int(config.langevin_x.steps),
       'langevin_z_steps': int(config.langevin_z.steps),
       'second_x_chain': bool(config.training.second_x_chain),
       'params_ebm': n_params['ebm'],
       'params_gen': n_params['gen'],
       'params_inf': n_params['inf'],
-      'iters': iters,
-      'healthy': bool(metrics['healthy']),
-      **({'profile': profile} if profile else {}),
   }
 
 

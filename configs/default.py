@@ -72,8 +72,9 @@ def get_config() -> ml_collections.ConfigDict:
   model.sn_power_iterations = 1
   # Input-gradient rule of the EBM's and generator's convolutions, the bulk
   # of both Langevin chains (dual_mcmc_jax/conv.py): 'xla' (JAX autodiff),
-  # 'forward_conv' (the same gradient as a plain forward conv, ~6x faster
-  # per step on XLA's CPU backend), 'auto' (forward_conv on the CPU, xla on
+  # 'forward_conv' (the same gradient as a plain forward conv; the whole
+  # training iteration 12x faster on XLA's CPU backend, docs/performance.md),
+  # 'auto' (forward_conv on the CPU, xla on
   # GPUs and TPUs, where it is unmeasured).
   model.conv_input_grad = 'auto'
 
@@ -122,7 +123,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.training = training = ml_collections.ConfigDict()
   training.batch_size = 100
   training.num_epochs = 301
-  training.num_train_steps = -1  # Overrides num_epochs when > 0.
+  training.num_train_steps = 0  # Overrides num_epochs when > 0; 0: use it.
   training.seed = 1
   # Network compute dtype: 'float32' or 'bfloat16' (mixed precision: params,
   # optimiser states, Langevin iterates and energies stay float32).
@@ -152,6 +153,11 @@ def get_config() -> ml_collections.ConfigDict:
   training.log_every_steps = 100
   training.image_every_steps = 1000
   training.checkpoint_every_steps = 1000
+  # Steps between health checks (NaN loss, exploding energy difference). A
+  # check fetches metrics to the host; between checks the device runs ahead.
+  # Checks also run at every log step and before every checkpoint, so a
+  # checkpoint never holds a diverged state.
+  training.health_every_steps = 20
   training.max_checkpoints_to_keep = 3
   training.num_image_samples = 64  # Images in each TensorBoard grid.
 

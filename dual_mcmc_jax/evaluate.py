@@ -33,6 +33,7 @@ import ml_collections
 import numpy as np
 
 from dual_mcmc_jax import checkpointing
+from dual_mcmc_jax import config_checks
 from dual_mcmc_jax import evaluators
 from dual_mcmc_jax import sharding
 from dual_mcmc_jax import visualize
@@ -152,6 +153,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str
   Raises:
     EvaluatorUnavailable: something could not run and config.eval.strict.
   """
+  config_checks.validate(config)
   names = evaluator_names(config)
   workdir = os.path.abspath(workdir)
   models, state = checkpointing.load_state(config, workdir)
@@ -203,6 +205,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str,
   n = int(num_samples or config.eval.num_samples_to_write)
   if n <= 0:
     raise ValueError(f'number of samples must be > 0; got {n}')
+  config_checks.validate(config)
   models, state = checkpointing.load_state(config, workdir)
   step = int(jax.device_get(state.step))
   mesh = sharding.data_mesh()

@@ -27,12 +27,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from dual_mcmc_jax import checkpointing
+from dual_mcmc_jax import config_checks
+from dual_mcmc_jax import experiment
 from dual_mcmc_jax import input_pipeline
 from dual_mcmc_jax import networks
 from dual_mcmc_jax import recovery
 from dual_mcmc_jax import sharding
 from dual_mcmc_jax import train_state as ts
-from dual_mcmc_jax import train_step as train_step_lib
 from dual_mcmc_jax import visualize
 
 if TYPE_CHECKING:
@@ -41,102 +42,6 @@ if TYPE_CHECKING:
 
 class TrainingDivergedError(RuntimeError):
   """Raised when the run diverged and no rollback is left."""
-
-
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError with one line naming the first bad field."""
-  t = config.training
-  if int(t.batch_size) <= 0:
-    raise ValueError(f'config.training.batch_size={t.batch_size} must be > 0')
-  n_dev = jax.device_count()
-  if int(t.batch_size) % n_dev:
-    raise ValueError(
-        f'config.training.batch_size={t.batch_size} must be divisible by the '
-        f'number of devices ({n_dev})')
-  for group in ('langevin_x', 'langevin_z'):
-    g = config[group]
-    # A chain is switched off by its own switch, never by zero steps: a
-    # zero here is a typo that would silently train a different model.
-    if int(g.steps) <= 0:
-      raise ValueError(f'config.{group}.steps={g.steps} must be > 0')
-    if float(g.step_size) <= 0:
-      raise ValueError(f'config.{group}.step_size={g.step_size} must be > 0')
-    if float(g.noise) < 0:
-      raise ValueError(f'config.{group}.noise={g.noise} must be >= 0')
-  if t.num_train_steps <= 0 and t.num_epochs <= 0:
-    raise ValueError('set config.training.num_train_steps > 0 or '
-                     'config.training.num_epochs > 0')
-  for name in ('log_every_steps', 'image_every_steps', 'checkpoint_every_steps',
-               'max_checkpoints_to_keep'):
-    if int(t[name]) <= 0:
-      raise ValueError(f'config.training.{name}={t[name]} must be > 0')
-  _validate_recovery(config.recovery)
-
-
-def _validate_recovery(r: ml_collections.ConfigDict) -> None:
-  if int(r.max_retries) < 0:
-    raise ValueError(
-        f'config.recovery.max_retries={r.max_retries} must be >= 0')
-  for name in ('lr_factor', 'langevin_x_step_factor'):
-    if not 0 < float(r[name]) <= 1:
-      raise ValueError(f'config.recovery.{name}={r[name]} must be in (0, 1]')
-
-
-def num_train_steps(config: ml_collections.ConfigDict,
-                    steps_per_epoch: int) -> int:
-  if config.training.num_train_steps > 0:
-    return int(config.training.num_train_steps)
-  return int(config.training.num_epochs) * steps_per_epoch
-
-
-create_checkpoint_manager = checkpointing.create_checkpoint_manager
-
-
-def restore_or_create_state(config: ml_collections.ConfigDict,
-                            models: networks.Models,
-                            optimizers: ts.Optimizers,
-                            manager: ocp.CheckpointManager) -> ts.TrainState:
-  """Latest restorable checkpoint in the workdir if any, else a fresh state."""
-  seed = int(config.training.seed)
-  abstract = jax.eval_shape(
-      lambda: ts.create_train_state(models, optimizers, seed))
-  restored = checkpointing.restore_latest(manager, abstract)
-  if restored is None:
-    return ts.create_train_state(models, optimizers, seed)
-  step, state = restored
-  logging.info('Resuming from checkpoint at step %d in %s', step,
-               manager.directory)
-  return state
-
-
-def load_state(config: ml_collections.ConfigDict, workdir: str,
-               step: int | None = None
-               ) -> tuple[networks.Models, ts.TrainState]:
-  """Restores the train state of a workdir (latest step by default).
-
-  Args:
-    config: the configuration the workdir was trained with.
-    workdir: a training workdir.
-    step: checkpoint step to load, or None for the latest.
-
-  Returns:
-    (models, state).
-  """
-  models = ts.create_models(config)
-  # The optimiser state's structure does not depend on the schedule length.
-  optimizers = ts.create_optimizers(config.optim, steps_per_epoch=1)
-  manager = create_checkpoint_manager(workdir, 1_000_000)
-  seed = int(config.training.seed)
-  abstract = jax.eval_shape(
-      lambda: ts.create_train_state(models, optimizers, seed))
-  if step is not None:
-    return models, manager.restore(step,
-                                   args=ocp.args.StandardRestore(abstract))
-  restored = checkpointing.restore_latest(manager, abstract)
-  if restored is None:
-    raise FileNotFoundError(f'no checkpoint in {manager.directory}; train '
-                            'first or check --workdir')
-  return models, restored[1]
 
 
 def _is_image(shape: tuple[int, ...]) -> bool:
@@ -179,7 +84,6 @@ class _Loop:
   """What stays fixed across rollbacks: the run's config, data, outputs."""
   config: ml_collections.ConfigDict
   workdir: str
-  models: networks.Models
   info: input_pipeline.DatasetInfo
   steps_per_epoch: int
   total_steps: int
@@ -211,39 +115,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       another config's checkpoints, unreadable checkpoints, disk full).
     TrainingDivergedError: diverged with no rollbacks left.
   """
-  # clu pulls in TensorFlow; keep it out of the import of this module so that
-  # checkpoint helpers (load_state) stay light.
   from clu import metric_writers  # pylint: disable=g-import-not-at-top,redefined-outer-name
-  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
 
-  validate_config(config)
-  models = ts.create_models(config)
-  info = input_pipeline.get_dataset_info(config)
-  # Everything that can fail on bad input has run before the workdir is
-  # touched.
-  workdir = checkpointing.prepare_workdir(workdir)
-  steps_per_epoch = max(
-      info.num_train_examples // int(config.training.batch_size), 1)
-  total_steps = num_train_steps(config, steps_per_epoch)
-  manager = create_checkpoint_manager(workdir,
-                                      config.training.max_checkpoints_to_keep)
-  checkpointing.check_and_store_config(config, workdir,
-                                       manager.latest_step() is not None)
-  rollbacks = recovery.load_rollbacks(workdir)
-
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0)
-  loop = _Loop(config=config, workdir=workdir, models=models, info=info,
-               steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-               manager=manager, writer=writer,
-               report=periodic_actions.ReportProgress(
-                   num_train_steps=total_steps, writer=writer),
-               preemption=_SigtermFlag(), mesh=sharding.data_mesh())
+  loop = _open_loop(config, workdir)
+  rollbacks = recovery.load_rollbacks(loop.workdir)
   try:
     state = _restore(loop)
-    with metric_writers.ensure_flushes(writer):
+    with metric_writers.ensure_flushes(loop.writer):
       if int(jax.device_get(state.step)) == 0 and not rollbacks:
-        writer.write_hparams({
+        loop.writer.write_hparams({
             k: v for k, v in checkpointing.flatten_dict(config.to_dict()).items()
             if isinstance(v, (int, float, str, bool))})
       while True:
@@ -258,12 +138,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   return state
 
 
+def _open_loop(config: ml_collections.ConfigDict, workdir: str) -> _Loop:
+  """Checks everything that can fail on bad input, then opens the workdir."""
+  # clu pulls in TensorFlow; keep it out of the import of this module.
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top,redefined-outer-name
+  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
+
+  config_checks.validate(config)
+  info = input_pipeline.get_dataset_info(config)
+  # Everything that can fail on bad input has run before the workdir is
+  # touched.
+  workdir = checkpointing.prepare_workdir(workdir)
+  steps_per_epoch = max(
+      info.num_train_examples // int(config.training.batch_size), 1)
+  total_steps = config_checks.num_train_steps(config, steps_per_epoch)
+  manager = checkpointing.create_checkpoint_manager(
+      workdir, config.training.max_checkpoints_to_keep)
+  checkpointing.check_and_store_config(config, workdir,
+                                       manager.latest_step() is not None)
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0)
+  return _Loop(config=config, workdir=workdir, info=info,
+               steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+               manager=manager, writer=writer,
+               report=periodic_actions.ReportProgress(
+                   num_train_steps=total_steps, writer=writer),
+               preemption=_SigtermFlag(), mesh=sharding.data_mesh())
+
+
 def _restore(loop: _Loop) -> ts.TrainState:
   """The newest restorable checkpoint, or the initial state."""
   # Remedies change learning rates, not the optimiser state's structure.
   optimizers = ts.create_optimizers(loop.config.optim, loop.steps_per_epoch)
-  return restore_or_create_state(loop.config, loop.models, optimizers,
-                                 loop.manager)
+  return checkpointing.restore_or_create_state(
+      loop.manager, ts.create_models(loop.config), optimizers,
+      int(loop.config.training.seed))
 
 
 def _roll_back(loop: _Loop, rollbacks: list[recovery.Rollback],
@@ -320,7 +229,8 @@ def _train_segment(loop: _Loop, rollbacks: list[recovery.Rollback],
     recovery.Diverged: at the first unhealthy step.
   """
   config = recovery.remedied_config(loop.config, len(rollbacks))
-  optimizers = ts.create_optimizers(config.optim, loop.steps_per_epoch)
+  exp = experiment.build(config, steps_per_epoch=loop.steps_per_epoch,
+                         mesh=loop.mesh)
   state = recovery.with_stream(config, state, len(rollbacks))
   start_step = int(jax.device_get(state.step))
   params = {k: networks.count_params(getattr(state, k).params)
@@ -329,76 +239,111 @@ def _train_segment(loop: _Loop, rollbacks: list[recovery.Rollback],
                'training steps %d -> %d', params['ebm'], params['gen'],
                params['inf'], loop.steps_per_epoch, start_step,
                loop.total_steps)
-
   # Data parallel over every device: state replicated, batch split.
-  mesh = loop.mesh
-  state = sharding.replicate(state, mesh)
-  train_step = jax.jit(
-      train_step_lib.make_train_step(config, loop.models, optimizers),
-      donate_argnums=0, out_shardings=sharding.replicated(mesh))
-  sample_fn = jax.jit(train_step_lib.make_sample_fn(config, loop.models),
-                      out_shardings=sharding.replicated(mesh))
+  state = sharding.replicate(state, loop.mesh)
   # Host-to-device copies of the next batches overlap the running step.
   train_iter = input_pipeline.prefetch_to_device(
       input_pipeline.create_train_iterator(config, start_step=start_step),
       size=int(config.data.get('prefetch_to_device', 2)),
-      sharding_fn=lambda b: (b, sharding.shard_batch(b, mesh)))
-  writer, report, manager = loop.writer, loop.report, loop.manager
-  total_steps = loop.total_steps
-  n_img = int(config.training.num_image_samples)
-  sample_key = jax.random.key(int(config.training.seed) + 1)
-  fixed_batch = None
-
-  pending: list[dict[str, jax.Array]] = []
-  prev: tuple[int, dict[str, jax.Array]] | None = None
-  last_save = None  # Step of the save that may still be being written.
-  t_log = time.time()
-  step = start_step
+      sharding_fn=lambda b: (b, sharding.shard_batch(b, loop.mesh)))
+  segment = _Segment(loop, exp)
   with contextlib.closing(train_iter):
-    for step in range(start_step + 1, total_steps + 1):
+    for step in range(start_step + 1, loop.total_steps + 1):
       local_batch, batch = next(train_iter)
-      if fixed_batch is None:
-        # The same grid batch on every host: process 0's first images.
-        fixed_batch = sharding.replicate(
-            multihost_utils.broadcast_one_to_all(
-                np.asarray(local_batch[:n_img])), mesh)
-      state, metrics = train_step(state, batch)
-      # Check the previous step while this one runs: one step of lag keeps
-      # the host from stalling the device queue every iteration.
-      if prev is not None:
-        _check_health(*prev)
-      prev = (step, metrics)
-      pending.append(metrics)
-      report(step)
-
-      is_last = step == total_steps
-      if step % config.training.log_every_steps == 0 or is_last:
-        _check_health(step, metrics)
-        summary = {k: float(np.mean(v)) for k, v in
-                   jax.device_get(_stack(pending)).items() if k != 'healthy'}
-        dt = time.time() - t_log
-        summary['steps_per_sec'] = len(pending) / max(dt, 1e-9)
-        writer.write_scalars(step, summary)
-        pending, t_log = [], time.time()
-      if step % config.training.image_every_steps == 0 or is_last:
-        with report.timed('samples'):
-          write_samples(writer, step,
-                        sample_fn(state, jax.random.fold_in(sample_key, step),
-                                  fixed_batch), loop.info.shape, loop.workdir)
-      stop = loop.preemption.requested
-      if (step % config.training.checkpoint_every_steps == 0 or is_last or
-          stop):
-        # Never save a state produced by an unhealthy step.
-        _check_health(step, metrics)
-        with report.timed('checkpoint'):
-          checkpointing.save(manager, step, state, last_save)
-        last_save = step
-      if stop:
-        logging.warning('SIGTERM received: saved a checkpoint at step %d; '
-                        'rerun the same command to resume.', step)
+      segment.set_grid_batch(local_batch)
+      state, metrics = exp.train_step(state, batch)
+      if segment.after_step(step, state, metrics):
         break
-  checkpointing.wait_until_finished(manager, last_save)
+  segment.finish()
   return state
+
+
+class _Segment:
+  """The periodic work around the steps of one segment of training.
+
+  The device runs ahead of the host: metrics stay on the device until a
+  health check (every `config.training.health_every_steps`, at every log
+  step and before every checkpoint) or a log step fetches them, so the
+  host's Python never paces the step.
+  """
+
+  def __init__(self, loop: _Loop, exp: experiment.Experiment):
+    self.loop = loop
+    self.exp = exp
+    t = exp.config.training
+    self.every = {name: int(t.get(f'{name}_every_steps', default))
+                  for name, default in (('log', 100), ('image', 1000),
+                                        ('checkpoint', 1000), ('health', 1))}
+    self.grid_batch = None
+    self.sample_key = jax.random.key(int(t.seed) + 1)
+    self.pending: list[dict[str, jax.Array]] = []  # Since the last log.
+    self.unchecked: list[tuple[int, dict[str, jax.Array]]] = []
+    self.last_save: int | None = None  # A save that may still be running.
+    self.t_log = time.time()
+
+  def set_grid_batch(self, local_batch: np.ndarray) -> None:
+    """Fixes the images of the sample grids: process 0's first batch."""
+    if self.grid_batch is None:
+      n = int(self.exp.config.training.num_image_samples)
+      self.grid_batch = sharding.replicate(
+          multihost_utils.broadcast_one_to_all(np.asarray(local_batch[:n])),
+          self.loop.mesh)
+
+  def after_step(self, step: int, state: ts.TrainState,
+                 metrics: dict[str, jax.Array]) -> bool:
+    """Logs, checks, writes and saves as due; True: stop (SIGTERM)."""
+    loop, every = self.loop, self.every
+    self.pending.append(metrics)
+    self.unchecked.append((step, metrics))
+    loop.report(step)
+    is_last = step == loop.total_steps
+    stop = loop.preemption.requested
+    save = step % every['checkpoint'] == 0 or is_last or stop
+    if step % every['health'] == 0 or save or step % every['log'] == 0:
+      self.check_health()
+    if step % every['log'] == 0 or is_last:
+      self.write_metrics(step)
+    if step % every['image'] == 0 or is_last:
+      with loop.report.timed('samples'):
+        write_samples(
+            loop.writer, step,
+            self.exp.sample_fn(state,
+                               jax.random.fold_in(self.sample_key, step),
+                               self.grid_batch),
+            loop.info.shape, loop.workdir)
+    if save:
+      with loop.report.timed('checkpoint'):
+        checkpointing.save(loop.manager, step, state, self.last_save)
+      self.last_save = step
+    if stop:
+      logging.warning('SIGTERM received: saved a checkpoint at step %d; '
+                      'rerun the same command to resume.', step)
+    return stop
+
+  def check_health(self) -> None:
+    """Raises recovery.Diverged at the first unhealthy unchecked step."""
+    if not self.unchecked:
+      return
+    healthy = jax.device_get(
+        jnp.stack([m['healthy'] for _, m in self.unchecked]))
+    unchecked, self.unchecked = self.unchecked, []
+    if healthy.all():
+      return
+    step, metrics = unchecked[int(np.argmin(healthy))]
+    raise recovery.Diverged(
+        step, {k: float(v) for k, v in jax.device_get(metrics).items()})
+
+  def write_metrics(self, step: int) -> None:
+    """Writes the means of the metrics since the last log step."""
+    summary = {k: float(np.mean(v)) for k, v in
+               jax.device_get(_stack(self.pending)).items() if k != 'healthy'}
+    dt = time.time() - self.t_log
+    summary['steps_per_sec'] = len(self.pending) / max(dt, 1e-9)
+    self.loop.writer.write_scalars(step, summary)
+    self.pending, self.t_log = [], time.time()
+
+  def finish(self) -> None:
+    checkpointing.wait_until_finished(self.loop.manager, self.last_save)
 
 
 class _SigtermFlag:
@@ -418,13 +363,6 @@ class _SigtermFlag:
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
       self._previous = None
-
-
-def _check_health(step: int, metrics: dict[str, jax.Array]) -> None:
-  if bool(jax.device_get(metrics['healthy'])):
-    return
-  raise recovery.Diverged(
-      step, {k: float(v) for k, v in jax.device_get(metrics).items()})
 
 
 def _stack(items: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:

@@ -15,7 +15,7 @@ import pytest
 
 from configs import test as test_config
 from configs import toy2d as toy2d_config
-from dual_mcmc_jax import networks
+from dual_mcmc_jax import sampling
 from dual_mcmc_jax import toy2d
 from dual_mcmc_jax import train_state as ts
 from dual_mcmc_jax import train_step as tstep
@@ -266,8 +266,8 @@ def test_without_z_revision_the_generator_learns_from_z0(toy):
   # The reconstruction term is ||G(z0) - x||^2 / B with z0 the step's draw
   # from q(z|x): recompute it from the same key.
   k_q = jax.random.split(ts.step_key(state), 5)[2]
-  z0, _, _ = tstep.infer_z(models, state.inf, batch, k_q)
-  g_z0, _ = tstep.generate(models, state.gen, z0)
+  z0, _, _ = sampling.infer_z(models, state.inf, batch, k_q)
+  g_z0, _ = sampling.generate(models, state.gen, z0)
   rec = np.sum(np.square(np.asarray(g_z0) - np.asarray(batch))) / len(batch)
   np.testing.assert_allclose(m['g_rec_after_z_chain'], rec, rtol=1e-5)
   np.testing.assert_allclose(m_full['z_chain_rec_start'], rec, rtol=1e-4)
@@ -324,7 +324,7 @@ def test_noise_init_trains_the_ebm_alone_on_chains_from_uniform_noise(toy):
   k_init, k_x = jax.random.split(ts.step_key(state))
   x0 = jax.random.uniform(k_init, batch.shape, jnp.float32, -4.0, 4.0)
   lx = tstep.langevin.LangevinSettings.from_config(config.langevin_x)
-  x_neg, _, _ = tstep.revise_x(models, state.ebm, x0, k_x, lx)
+  x_neg, _, _ = sampling.revise_x(models, state.ebm, x0, k_x, lx)
   e_neg = models.ebm.apply({'params': state.ebm.params, **state.ebm.state},
                            x_neg, update_stats=False)
   np.testing.assert_allclose(m['energy_x_revised'], np.mean(e_neg),

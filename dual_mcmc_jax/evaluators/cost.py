@@ -21,13 +21,11 @@ from typing import Any, Iterator
 
 import jax
 import ml_collections
-import numpy as np
 
+from dual_mcmc_jax import experiment
 from dual_mcmc_jax import input_pipeline
 from dual_mcmc_jax import networks
-from dual_mcmc_jax import sharding
 from dual_mcmc_jax import train_state as ts
-from dual_mcmc_jax import train_step as train_step_lib
 
 
 def _steps_per_epoch(config: ml_collections.ConfigDict, batch_size: int) -> int:
@@ -45,13 +43,12 @@ def _steps_per_epoch(config: ml_collections.ConfigDict, batch_size: int) -> int:
 
 
 def time_train_step(config: ml_collections.ConfigDict,
-                    models: networks.Models, mesh: jax.sharding.Mesh,
-                    warmup_steps: int, steps: int) -> float:
+                    mesh: jax.sharding.Mesh, warmup_steps: int,
+                    steps: int) -> float:
   """Mean wall-clock seconds of one compiled training iteration.
 
   Args:
     config: experiment config (batch size, chains, optimisers).
-    models: the three modules.
     mesh: the data mesh.
     warmup_steps: untimed iterations first (>= 1: the first compiles).
     steps: timed iterations (>= 1).
@@ -59,33 +56,18 @@ def time_train_step(config: ml_collections.ConfigDict,
   Returns:
     Seconds per iteration.
   """
-  if warmup_steps < 1 or steps < 1:
-    raise ValueError('config.eval.cost_warmup_steps and config.eval.cost_steps '
-                     f'must be >= 1; got {warmup_steps} and {steps}')
-  batch_size = int(config.training.batch_size)
-  if batch_size % jax.device_count():
-    raise ValueError(f'config.training.batch_size={batch_size} must be '
-                     f'divisible by the number of devices '
-                     f'({jax.device_count()})')
-  optimizers = ts.create_optimizers(config.optim,
-                                    _steps_per_epoch(config, batch_size))
-  state = sharding.replicate(
-      ts.create_train_state(models, optimizers, int(config.training.seed)),
-      mesh)
-  step_fn = jax.jit(train_step_lib.make_train_step(config, models, optimizers),
-                    donate_argnums=0,
-                    out_shardings=sharding.replicated(mesh))
-  rng = np.random.default_rng(int(config.eval.seed))
-  local = batch_size // jax.process_count()
-  batch = sharding.shard_batch(
-      rng.uniform(-1.0, 1.0, (local, *models.data_shape)).astype(np.float32),
-      mesh)
+  exp = experiment.build(
+      config, mesh=mesh,
+      steps_per_epoch=_steps_per_epoch(config,
+                                       int(config.training.batch_size)))
+  state = exp.init_state()
+  batch = exp.synthetic_batch(int(config.eval.seed))
   for _ in range(warmup_steps):
-    state, metrics = step_fn(state, batch)
+    state, metrics = exp.train_step(state, batch)
   jax.block_until_ready((state, metrics))
   start = time.perf_counter()
   for _ in range(steps):
-    state, metrics = step_fn(state, batch)
+    state, metrics = exp.train_step(state, batch)
   jax.block_until_ready((state, metrics))
   return (time.perf_counter() - start) / steps
 
@@ -116,7 +98,7 @@ class Evaluator:
                                  ('ebm', 'ebm'))}
     for name, n in counts.items():
       yield f'params/{name}', n
-    seconds = time_train_step(cfg, self.models, self.mesh,
+    seconds = time_train_step(cfg, self.mesh,
                               int(cfg.eval.cost_warmup_steps),
                               int(cfg.eval.cost_steps))
     steps_x = int(cfg.langevin_x.steps)
