@@ -25,7 +25,7 @@ memory analysis of each compiled program shows that the chain's memory does
 not grow with its length (the chains are fori_loops that keep no trajectory).
 
 `--baseline=torch` also times the reference iteration written in PyTorch
-(dual_mcmc_jax/torch_reference.py, optional dependency) at the same sizes on
+(tests/torch_reference.py; PyTorch is optional) at the same sizes on
 the same machine and prints the JAX / PyTorch time ratio.
 """
 
@@ -265,7 +265,7 @@ def benchmark_torch(config: ml_collections.ConfigDict, iters: int,
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise SystemExit('--baseline=torch needs PyTorch: pip install torch') from e
-  from dual_mcmc_jax import torch_reference  # pylint: disable=g-import-not-at-top
+  from tests import torch_reference  # pylint: disable=g-import-not-at-top
   if config.model.arch != 'resnet':
     raise SystemExit('--baseline=torch supports config.model.arch=resnet only')
   device = 'cuda' if torch.cuda.is_available() else 'cpu'

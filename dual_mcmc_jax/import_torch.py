@@ -1,6 +1,6 @@
 """Imports a checkpoint of the authors' PyTorch implementation.
 
-  python -m dual_mcmc_jax.import_torch --config=configs/cifar10.py \
+  python scripts/import_torch.py --config=configs/cifar10.py \
       --torch_checkpoint=PATH.pth --workdir=runs/cifar10_imported
   python main.py --config=configs/cifar10.py --workdir=runs/cifar10_imported
 
@@ -28,7 +28,7 @@ EBM blocks (CIFAR-10: n = 3, m = 4), Flax module -> PyTorch key prefix:
 * netI: `conv{i}` -> `main.{2i}` (an `nn.Sequential` with LeakyReLUs at the
   odd indices); `mu` -> `conv51`; `logvar` -> `conv52`.
 
-`torch_reference.py` builds PyTorch nets with exactly these keys. A
+`tests/torch_reference.py` builds PyTorch nets with exactly these keys. A
 `module.` prefix left by `nn.DataParallel` is stripped.
 
 Tensor mapping:
@@ -69,17 +69,13 @@ import dataclasses
 import os
 import pickle
 import re
-import sys
 from typing import Any, Mapping
 
-from absl import app
-from absl import flags
 from absl import logging
 from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
-from ml_collections import config_flags
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
@@ -737,15 +733,32 @@ def read_torch_checkpoint(path: str, allow_pickle: bool = False
   return _to_numpy(obj, torch)
 
 
-# --------------------------------------------------------------------------
-# Command line.
-# --------------------------------------------------------------------------
+def import_file(config: ml_collections.ConfigDict, path: str, workdir: str,
+                step: int | None = None, allow_pickle: bool = False) -> str:
+  """Reads a `.pth` file, imports it into `workdir`; returns a summary line.
 
+  Args:
+    config: the experiment config describing the checkpoint's nets.
+    path: the authors' checkpoint (`torch.save` of a dict with netG, netE,
+      netI and optionally optG, optE, optI, epoch).
+    workdir: the new run's workdir.
+    step: the train step to record, or None (see the module docstring).
+    allow_pickle: see `read_torch_checkpoint`.
 
-def _summary(state: ts.TrainState, workdir: str,
-             checkpoint: Mapping[str, Any], imported_adam: bool) -> str:
+  Returns:
+    One line saying what was imported and where.
+
+  Raises:
+    CheckpointMismatchError, FileExistsError, FileNotFoundError,
+    TorchNotInstalledError, ValueError: nothing was written.
+  """
+  checkpoint = read_torch_checkpoint(path, allow_pickle)
+  state = import_checkpoint(config, checkpoint, workdir, step)
   counts = {n: networks.count_params(getattr(state, n).params)
             for _, n, _ in NETS}
+  imported_adam = any(
+      isinstance(checkpoint.get(opt), Mapping) and checkpoint[opt].get('state')
+      for _, _, opt in NETS)
   epoch = checkpoint.get('epoch')
   where = os.path.join(os.path.abspath(workdir), 'checkpoints')
   return (f'Imported netG ({counts["gen"]:,} parameters), netE '
@@ -753,46 +766,3 @@ def _summary(state: ts.TrainState, workdir: str,
           f'{"with" if imported_adam else "without"} their Adam states'
           f'{f", epoch {epoch}" if epoch is not None else ""}, as step '
           f'{int(state.step)} in {where}')
-
-
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError('Too many command-line arguments.')
-  f = flags.FLAGS
-  try:
-    checkpoint = read_torch_checkpoint(f.torch_checkpoint, f.allow_pickle)
-    state = import_checkpoint(f.config, checkpoint, f.workdir, f.step)
-  except (ValueError, FileNotFoundError, FileExistsError,
-          TorchNotInstalledError) as e:
-    # One clear line and a non-zero exit instead of a traceback.
-    logging.error('%s', e)
-    sys.exit(f'error: {e}')
-  imported_adam = any(
-      isinstance(checkpoint.get(opt), Mapping) and checkpoint[opt].get('state')
-      for _, _, opt in NETS)
-  print(_summary(state, f.workdir, checkpoint, imported_adam))
-
-
-def _define_flags() -> None:
-  # Defined only when run as a program: main.py defines --config and
-  # --workdir too, and a process may import both modules (the tests do).
-  flags.DEFINE_string('torch_checkpoint', None,
-                      "The authors' .pth checkpoint (torch.save of a dict "
-                      'with netG, netE, netI, optG, optE, optI).')
-  flags.DEFINE_string('workdir', None,
-                      'New workdir; the orbax checkpoint goes to '
-                      'WORKDIR/checkpoints.')
-  flags.DEFINE_integer('step', None,
-                       'Train step to record; default: the Adam step count '
-                       'of the checkpoint, else 0.')
-  flags.DEFINE_bool('allow_pickle', False,
-                    'torch.load with weights_only=False (trusted files only).')
-  config_flags.DEFINE_config_file(
-      'config', None, 'Configuration describing the checkpoint.',
-      lock_config=True)
-  flags.mark_flags_as_required(['config', 'torch_checkpoint', 'workdir'])
-
-
-if __name__ == '__main__':
-  _define_flags()
-  app.run(main)

@@ -4,7 +4,7 @@
   python scripts/make_golden_fixtures.py [--out_dir=tests/fixtures]
 
 Run once; the .npz files are committed so that the agreement tests run in CI
-without PyTorch. Every number in them comes from `torch_reference.py` at
+without PyTorch. Every number in them comes from `tests/torch_reference.py` at
 small widths with random weights:
 
 * `golden_cifar10.npz`, `golden_celeba64.npz`: the initial state dicts
@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from dual_mcmc_jax import torch_reference as tr  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tests import torch_reference as tr  # pylint: disable=g-import-not-at-top,wrong-import-position
 from scripts.golden_recipe import first_gradient  # pylint: disable=g-import-not-at-top,wrong-import-position
 from scripts.golden_recipe import pixels_to_float  # pylint: disable=g-import-not-at-top,wrong-import-position
 from scripts.golden_recipe import second_gradient  # pylint: disable=g-import-not-at-top,wrong-import-position

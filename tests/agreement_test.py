@@ -1,7 +1,7 @@
 """Numerical agreement with the reference implementation (PyTorch).
 
 The golden fixtures in tests/fixtures/ were computed by
-`scripts/make_golden_fixtures.py` with `dual_mcmc_jax/torch_reference.py`
+`scripts/make_golden_fixtures.py` with `tests/torch_reference.py`
 (the reference's residual nets and iteration pieces in PyTorch) at small
 widths, for the CIFAR-10 and CelebA-64 layouts. This test needs no PyTorch:
 it maps the fixtures' state dicts with the checkpoint importer's own mapping

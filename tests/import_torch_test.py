@@ -407,7 +407,8 @@ def test_command_line_without_torch_exits_non_zero_with_one_line(tmp_path):
           '    if name.split(".")[0] == "torch":\n'
           '      raise ModuleNotFoundError(name)\n'
           'sys.meta_path.insert(0, NoTorch())\n'
-          'runpy.run_module("dual_mcmc_jax.import_torch", run_name="__main__")')
+          'sys.argv[0] = "scripts/import_torch.py"\n'
+          'runpy.run_path("scripts/import_torch.py", run_name="__main__")')
   proc = subprocess.run(
       [sys.executable, '-c', code, '--config=configs/cifar10.py',
        '--config.model.nef=256', f'--torch_checkpoint={path}',
@@ -445,13 +446,13 @@ def _torch_checkpoint(torch, tr, nz, ngf, nef, nif, image_size, style,
 
 def test_real_pth_round_trip_through_the_command_line(tmp_path):
   torch = pytest.importorskip('torch')
-  tr = pytest.importorskip('dual_mcmc_jax.torch_reference')
+  tr = pytest.importorskip('tests.torch_reference')
   (netG, netE, netI), checkpoint = _torch_checkpoint(
       torch, tr, 8, 16, 16, 4, 32, 'cifar', train_step=True)
   path = tmp_path / 'ref.pth'
   torch.save(checkpoint, path)
   proc = subprocess.run(
-      [sys.executable, '-m', 'dual_mcmc_jax.import_torch',
+      [sys.executable, 'scripts/import_torch.py',
        '--config=configs/cifar10.py', '--config.model.nz=8',
        '--config.model.ngf=16', '--config.model.nef=16',
        '--config.model.nif=4', f'--torch_checkpoint={path}',
@@ -498,7 +499,7 @@ def test_real_pth_round_trip_through_the_command_line(tmp_path):
 
 def test_real_pth_at_the_paper_cifar10_widths(tmp_path):
   torch = pytest.importorskip('torch')
-  tr = pytest.importorskip('dual_mcmc_jax.torch_reference')
+  tr = pytest.importorskip('tests.torch_reference')
   _, checkpoint = _torch_checkpoint(torch, tr, 128, 512, 512, 128, 32,
                                     'cifar', train_step=False)
   path = tmp_path / 'ref512.pth'

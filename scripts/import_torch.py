@@ -1,0 +1,58 @@
+"""Imports a checkpoint of the authors' PyTorch code as an orbax checkpoint.
+
+  python scripts/import_torch.py --config=configs/cifar10.py \
+      --torch_checkpoint=PATH.pth --workdir=runs/cifar10_imported
+  python main.py --config=configs/cifar10.py --workdir=runs/cifar10_imported
+
+The config (with `--config.<group>.<field>=value` overrides, as for main.py)
+must describe the checkpoint's nets. Mapping, checks and writing are
+`dual_mcmc_jax.import_torch.import_file`; its module docstring lists the key
+names and tensor layouts. PyTorch is needed only to read the .pth file.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from dual_mcmc_jax import config_checks
+from dual_mcmc_jax import import_torch
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+flags.DEFINE_string('torch_checkpoint', None,
+                    "The authors' .pth checkpoint (torch.save of a dict with "
+                    'netG, netE, netI, optG, optE, optI).')
+flags.DEFINE_string('workdir', None,
+                    'New workdir; the orbax checkpoint goes to '
+                    'WORKDIR/checkpoints.')
+flags.DEFINE_integer('step', None,
+                     'Train step to record; default: the Adam step count of '
+                     'the checkpoint, else 0.')
+flags.DEFINE_bool('allow_pickle', False,
+                  'torch.load with weights_only=False (trusted files only).')
+config_flags.DEFINE_config_file(
+    'config', None, 'Configuration describing the checkpoint.',
+    lock_config=True)
+flags.mark_flags_as_required(['config', 'torch_checkpoint', 'workdir'])
+FLAGS = flags.FLAGS
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError('Too many command-line arguments.')
+  try:
+    config_checks.validate(FLAGS.config)
+    print(import_torch.import_file(FLAGS.config, FLAGS.torch_checkpoint,
+                                   FLAGS.workdir, FLAGS.step,
+                                   FLAGS.allow_pickle))
+  except (ValueError, OSError, import_torch.TorchNotInstalledError) as e:
+    # One clear line and a non-zero exit instead of a traceback.
+    sys.exit(f'error: {" ".join(str(e).split())}')
+
+
+if __name__ == '__main__':
+  app.run(main)
