@@ -16,8 +16,8 @@ Scores (all against the true density or fresh true samples):
 
 * `kl`, `tv`: the learned density exp(-E(x) / T) normalised on a
   `--grid` x `--grid` midpoint grid over [-4.5, 4.5]^2
-  (`toy2d.normalized_log_density`) against the true density on the same
-  cells (`toy2d.grid_divergences`): KL(true || model) in nats and total
+  (`density2d.normalized_log_density`) against the true density on the same
+  cells (`density2d.grid_divergences`): KL(true || model) in nats and total
   variation. `true_mass` is the true density's mass on the grid. pinwheel
   has no tractable density, so its reference is a kernel density estimate
   from 2M samples (`reference: estimated`); `reference_floor_kl/tv` is the
@@ -32,14 +32,14 @@ Scores (all against the true density or fresh true samples):
   (TV) of exp(-E / t) over a log grid of temperatures t (`best_t`), which
   tells a wrongly shaped energy from a right shape at the wrong temperature
   (short-run chains need not sample exp(-E / T) at all).
-* `ed_generator`, `ed_revised`: energy distance (`toy2d.energy_distance`)
+* `ed_generator`, `ed_revised`: energy distance (`density2d.energy_distance`)
   of `--num_samples` generator samples G(z) and of their x-revision under
   the EBM (the training x-chain) against as many fresh true samples;
   `ed_floor` is that of a second true sample set (~0).
 * `modes_generator`, `modes_revised`: true modes holding a sample (within
   3 std of the centre), for the Gaussian mixtures; `in_modes_*` is the
   fraction of samples inside a mode and `balance_*` the smallest mode's
-  share times the number of modes (`toy2d.mode_coverage`).
+  share times the number of modes (`density2d.mode_coverage`).
 
 Variants (config.training switches, configs/default.py):
 
@@ -96,6 +96,7 @@ from dual_mcmc_jax import langevin
 from dual_mcmc_jax import networks
 from dual_mcmc_jax import sampling
 from dual_mcmc_jax import toy2d
+from dual_mcmc_jax.evaluators import density2d
 from dual_mcmc_jax import train_state as ts
 
 FLAGS = flags.FLAGS
@@ -213,8 +214,8 @@ def best_temperature_divergences(true_log_p: np.ndarray,
   """
   kls, tvs = [], []
   for t in _DIAGNOSTIC_TEMPERATURES:
-    d = toy2d.grid_divergences(
-        true_log_p, toy2d.normalized_log_density(log_unnormalized / t,
+    d = density2d.grid_divergences(
+        true_log_p, density2d.normalized_log_density(log_unnormalized / t,
                                                  cell_area), cell_area)
     kls.append(d['kl'])
     tvs.append(d['tv'])
@@ -279,7 +280,7 @@ def reference_log_density(name: str, points: np.ndarray, num: int
 
   Args:
     name: density name.
-    points: the grid's cell centres (`toy2d.grid(num)`).
+    points: the grid's cell centres (`density2d.grid(num)`).
     num: cells per axis.
 
   Returns:
@@ -292,10 +293,10 @@ def reference_log_density(name: str, points: np.ndarray, num: int
         'reference_floor_kl': 0.0, 'reference_floor_tv': 0.0}
   except NotImplementedError:
     pass
-  _, area = toy2d.grid(num)
-  log_p = toy2d.estimated_log_density_on_grid(name, num, seed=0)
-  other = toy2d.estimated_log_density_on_grid(name, num, seed=1)
-  floor = toy2d.grid_divergences(log_p, other, area)
+  _, area = density2d.grid(num)
+  log_p = density2d.estimated_log_density_on_grid(name, num, seed=0)
+  other = density2d.estimated_log_density_on_grid(name, num, seed=1)
+  floor = density2d.grid_divergences(log_p, other, area)
   return log_p, 'estimated', {'reference_floor_kl': floor['kl'],
                               'reference_floor_tv': floor['tv']}
 
@@ -358,7 +359,7 @@ def score(config: ml_collections.ConfigDict, models: networks.Models,
     {'model_log_p', 'true_log_p', 'generator', 'revised'}.
   """
   name = config.data.toy2d_name
-  points, area = toy2d.grid(num)
+  points, area = density2d.grid(num)
   true_log_p, kind, floor = reference or reference_log_density(
       name, points, num)
 
@@ -368,18 +369,18 @@ def score(config: ml_collections.ConfigDict, models: networks.Models,
                              update_stats=False)
 
   temperature = chain_temperature(config)
-  model_log_p = toy2d.normalized_log_density(
+  model_log_p = density2d.normalized_log_density(
       np.asarray(neg_energy(state.ebm, jnp.asarray(points, jnp.float32)),
                  np.float64) / temperature, area)
   result = {'reference': kind, 'temperature': temperature, **floor,
-            **toy2d.grid_divergences(true_log_p, model_log_p, area)}
+            **density2d.grid_divergences(true_log_p, model_log_p, area)}
   result.update(best_temperature_divergences(true_log_p, model_log_p *
                                              temperature, area))
   samples = draw_samples(config, models, state, num_samples, seed)
   truth = toy2d.sample(name, num_samples, np.random.default_rng(seed + 1))
   other_truth = toy2d.sample(name, num_samples,
                              np.random.default_rng(seed + 2))
-  result['ed_floor'] = toy2d.energy_distance(other_truth, truth)
+  result['ed_floor'] = density2d.energy_distance(other_truth, truth)
   centres = toy2d.modes(name)
   if centres is not None:
     result['num_modes'] = len(centres)
@@ -388,9 +389,9 @@ def score(config: ml_collections.ConfigDict, models: networks.Models,
     if x is None or not np.all(np.isfinite(x)):
       result[f'ed_{kind_of_sample}'] = None
       continue
-    result[f'ed_{kind_of_sample}'] = toy2d.energy_distance(x, truth)
+    result[f'ed_{kind_of_sample}'] = density2d.energy_distance(x, truth)
     if centres is not None:
-      coverage = toy2d.mode_coverage(name, x, _MODE_STD)
+      coverage = density2d.mode_coverage(name, x, _MODE_STD)
       result[f'modes_{kind_of_sample}'] = int(coverage['modes_covered'])
       result[f'in_modes_{kind_of_sample}'] = coverage['fraction_in_modes']
       result[f'balance_{kind_of_sample}'] = coverage['min_mode_share']
@@ -405,7 +406,7 @@ def score(config: ml_collections.ConfigDict, models: networks.Models,
 def _density_panel(ax, log_p: np.ndarray, num: int, title: str,
                    fontsize: float = 7) -> None:
   p = np.exp(log_p).reshape(num, num).T  # [y, x] for imshow
-  h = toy2d.GRID_HALF_WIDTH
+  h = density2d.GRID_HALF_WIDTH
   # Clip the colour scale at a high quantile so one spike does not hide
   # the rest of a peaky learned density; antialiasing keeps mass on a few
   # cells visible when the panel has fewer pixels than the grid.
@@ -416,7 +417,7 @@ def _density_panel(ax, log_p: np.ndarray, num: int, title: str,
 
 
 def _scatter_panel(ax, x: np.ndarray | None, title: str) -> None:
-  h = toy2d.GRID_HALF_WIDTH
+  h = density2d.GRID_HALF_WIDTH
   if x is None:
     ax.text(0.5, 0.5, 'no generator', ha='center', va='center',
             transform=ax.transAxes, fontsize=7)
@@ -602,7 +603,7 @@ def run_benchmark(densities: list[str], variants: list[str], steps: int,
   rows, results = [], {}
   start = time.perf_counter()
   for name in densities:
-    points, _ = toy2d.grid(num)
+    points, _ = density2d.grid(num)
     reference = reference_log_density(name, points, num)
     results[name] = {}
     for variant in variants:

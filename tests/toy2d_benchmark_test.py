@@ -20,6 +20,7 @@ from benchmarks import toy2d as bench
 from configs import toy2d as toy2d_config
 from dual_mcmc_jax import networks
 from dual_mcmc_jax import toy2d
+from dual_mcmc_jax.evaluators import density2d
 from dual_mcmc_jax import train_state as ts
 
 
@@ -63,15 +64,15 @@ def test_scorer_gives_zero_divergence_for_the_true_energy():
   assert arrays['generator'] is None and numbers['ed_generator'] is None
   assert np.all(np.isfinite(arrays['revised']))
   # Normalising exp(-E) (T = 1) would score a far flatter density.
-  flat = toy2d.normalized_log_density(arrays['model_log_p'] * temperature,
-                                      toy2d.grid(180)[1])
-  assert toy2d.grid_divergences(arrays['true_log_p'], flat,
-                                toy2d.grid(180)[1])['tv'] > 0.5
+  flat = density2d.normalized_log_density(arrays['model_log_p'] * temperature,
+                                      density2d.grid(180)[1])
+  assert density2d.grid_divergences(arrays['true_log_p'], flat,
+                                density2d.grid(180)[1])['tv'] > 0.5
   # A flipped energy sign is detected: its density sits between the modes.
-  flipped = toy2d.normalized_log_density(-arrays['model_log_p'],
-                                         toy2d.grid(180)[1])
-  wrong = toy2d.grid_divergences(arrays['true_log_p'], flipped,
-                                 toy2d.grid(180)[1])
+  flipped = density2d.normalized_log_density(-arrays['model_log_p'],
+                                         density2d.grid(180)[1])
+  wrong = density2d.grid_divergences(arrays['true_log_p'], flipped,
+                                 density2d.grid(180)[1])
   assert wrong['tv'] > 0.9
 
 

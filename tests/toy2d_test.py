@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from dual_mcmc_jax import toy2d
+from dual_mcmc_jax.evaluators import density2d
 
 # Names whose log_density is defined (pinwheel raises).
 _WITH_DENSITY = tuple(n for n in toy2d.NAMES if n != 'pinwheel')
@@ -168,17 +169,17 @@ def test_unknown_name_names_the_field(call):
 def test_mode_coverage_of_true_samples_and_of_a_collapsed_set():
   rng = np.random.default_rng(0)
   truth = toy2d.sample('8gaussians', 4000, rng)
-  full = toy2d.mode_coverage('8gaussians', truth)
+  full = density2d.mode_coverage('8gaussians', truth)
   assert full['modes_covered'] == 8 and full['num_modes'] == 8
   assert full['fraction_in_modes'] > 0.98  # 3 std holds 98.9% of a 2-D normal
   assert full['min_mode_share'] > 0.8
   one_mode = np.tile(toy2d.modes('8gaussians')[:1], (100, 1))
-  collapsed = toy2d.mode_coverage('8gaussians', one_mode)
+  collapsed = density2d.mode_coverage('8gaussians', one_mode)
   assert collapsed['modes_covered'] == 1 and collapsed['min_mode_share'] == 0
-  far = toy2d.mode_coverage('8gaussians', np.zeros((10, 2)))
+  far = density2d.mode_coverage('8gaussians', np.zeros((10, 2)))
   assert far['fraction_in_modes'] == 0 and far['modes_covered'] == 0
   with pytest.raises(ValueError, match='toy2d_name'):
-    toy2d.mode_coverage('rings', truth)
+    density2d.mode_coverage('rings', truth)
 
 
 # --- Grid normaliser, grid divergences, energy distance ---------------------
@@ -186,25 +187,25 @@ def test_mode_coverage_of_true_samples_and_of_a_collapsed_set():
 
 def test_log_normalizer_of_a_gaussian_energy_is_its_analytic_log_z():
   # E(x) = |x - m|^2 / (2 s^2) + c has Z = 2 pi s^2 exp(-c) in 2-D.
-  points, area = toy2d.grid(300)
+  points, area = density2d.grid(300)
   s, m, c = 0.5, np.array([0.3, -0.2]), 7.0
   neg_energy = -np.sum((points - m)**2, axis=1) / (2 * s * s) - c
   expected = math.log(2 * math.pi * s * s) - c
-  assert toy2d.log_normalizer(neg_energy, area) == pytest.approx(
+  assert density2d.log_normalizer(neg_energy, area) == pytest.approx(
       expected, abs=1e-6)
-  log_p = toy2d.normalized_log_density(neg_energy, area)
+  log_p = density2d.normalized_log_density(neg_energy, area)
   assert np.sum(np.exp(log_p)) * area == pytest.approx(1.0, abs=1e-12)
   # A wrong cell area or a missing offset would move log Z by O(1).
-  assert toy2d.log_normalizer(neg_energy, 2 * area) != pytest.approx(
+  assert density2d.log_normalizer(neg_energy, 2 * area) != pytest.approx(
       expected, abs=0.5)
 
 
 @pytest.mark.parametrize('name', _WITH_DENSITY)
 def test_true_log_densities_have_unit_mass_on_the_benchmark_grid(name):
   # The benchmark's grid: cells of 0.05, half the narrowest std.
-  points, area = toy2d.grid(180)
+  points, area = density2d.grid(180)
   log_p = toy2d.log_density(name, points)
-  result = toy2d.grid_divergences(log_p, log_p - np.log(
+  result = density2d.grid_divergences(log_p, log_p - np.log(
       np.sum(np.exp(log_p)) * area), area)
   assert result['true_mass'] == pytest.approx(1.0, abs=1e-2)
   assert result['kl'] == pytest.approx(0.0, abs=1e-9)
@@ -212,14 +213,14 @@ def test_true_log_densities_have_unit_mass_on_the_benchmark_grid(name):
 
 
 def test_grid_divergences_of_shifted_gaussians_match_the_formulas():
-  points, area = toy2d.grid(400)
+  points, area = density2d.grid(400)
   s, shift = 0.4, np.array([0.6, 0.0])
 
   def log_gauss(mean):
     return (-np.sum((points - mean)**2, axis=1) / (2 * s * s)
             - math.log(2 * math.pi * s * s))
 
-  result = toy2d.grid_divergences(log_gauss(0.0), log_gauss(shift), area)
+  result = density2d.grid_divergences(log_gauss(0.0), log_gauss(shift), area)
   d = float(np.linalg.norm(shift))
   assert result['kl'] == pytest.approx(d * d / (2 * s * s), rel=1e-3)
   tv = math.erf(d / (2 * s) / math.sqrt(2))  # 2 Phi(d / 2s) - 1
@@ -228,17 +229,17 @@ def test_grid_divergences_of_shifted_gaussians_match_the_formulas():
   # swapping a broader model in makes it smaller than the reverse.
   broad = (-np.sum(points**2, axis=1) / (2 * 4 * s * s)
            - math.log(2 * math.pi * 4 * s * s))
-  forward = toy2d.grid_divergences(log_gauss(0.0), broad, area)['kl']
-  backward = toy2d.grid_divergences(broad, log_gauss(0.0), area)['kl']
+  forward = density2d.grid_divergences(log_gauss(0.0), broad, area)['kl']
+  backward = density2d.grid_divergences(broad, log_gauss(0.0), area)['kl']
   assert forward < backward
 
 
 def test_checkerboard_true_density_has_zero_cells_and_finite_kl():
   # 90 cells of 0.1 put cell edges on the board's square edges.
-  points, area = toy2d.grid(90)
+  points, area = density2d.grid(90)
   log_p = toy2d.log_density('checkerboard', points)
   uniform = np.full(len(points), -math.log(len(points) * area))
-  result = toy2d.grid_divergences(log_p, uniform, area)
+  result = density2d.grid_divergences(log_p, uniform, area)
   # Half the board is empty: the uniform model on 81 units of area against
   # 32 units of support costs log(81 / 32) nats.
   assert result['kl'] == pytest.approx(math.log(81 / 32), abs=1e-9)
@@ -247,25 +248,25 @@ def test_checkerboard_true_density_has_zero_cells_and_finite_kl():
 
 
 def test_pinwheel_estimated_density_is_normalised_and_reproducible():
-  points, area = toy2d.grid(150)
-  a = toy2d.estimated_log_density_on_grid('pinwheel', 150,
+  points, area = density2d.grid(150)
+  a = density2d.estimated_log_density_on_grid('pinwheel', 150,
                                           num_samples=200_000, seed=0)
-  b = toy2d.estimated_log_density_on_grid('pinwheel', 150,
+  b = density2d.estimated_log_density_on_grid('pinwheel', 150,
                                           num_samples=200_000, seed=1)
   assert np.sum(np.exp(a)) * area == pytest.approx(1.0, abs=1e-9)
-  floor = toy2d.grid_divergences(a, b, area)
+  floor = density2d.grid_divergences(a, b, area)
   assert floor['tv'] < 0.05
   # Against a broad Gaussian the estimate is far away.
   broad = -np.sum(points**2, axis=1) / 8 - math.log(8 * math.pi)
-  far = toy2d.grid_divergences(a, broad, area)
+  far = density2d.grid_divergences(a, broad, area)
   assert far['tv'] > 10 * floor['tv']
 
 
 def test_energy_distance_is_zero_for_one_distribution_and_grows_with_shift():
   rng = np.random.default_rng(0)
   x = rng.standard_normal((1500, 2))
-  same = toy2d.energy_distance(x, rng.standard_normal((1500, 2)))
-  distances = [toy2d.energy_distance(
+  same = density2d.energy_distance(x, rng.standard_normal((1500, 2)))
+  distances = [density2d.energy_distance(
       x, rng.standard_normal((1500, 2)) + [shift, 0.0])
                for shift in (0.25, 0.5, 1.0, 2.0)]
   assert abs(same) < 0.01
@@ -273,5 +274,5 @@ def test_energy_distance_is_zero_for_one_distribution_and_grows_with_shift():
   assert all(a < b for a, b in zip(distances, distances[1:]))
   # Far apart, the distance approaches 2 * shift - 2 E|X - X'|, with
   # E|X - X'| = sqrt(pi) for 2-D standard normals.
-  far = toy2d.energy_distance(x, rng.standard_normal((1500, 2)) + [20.0, 0.0])
+  far = density2d.energy_distance(x, rng.standard_normal((1500, 2)) + [20.0, 0.0])
   assert far == pytest.approx(2 * 20.0 - 2 * math.sqrt(math.pi), rel=0.01)
