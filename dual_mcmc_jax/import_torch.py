@@ -404,6 +404,16 @@ class AdamMoments:
   count: int
 
 
+def _check_moment_shapes(where: str, param: str, entry: Mapping[str, Any],
+                         slot: Slot) -> None:
+  for name in ('exp_avg', 'exp_avg_sq'):
+    shape = _shape_of(entry[name])
+    if shape != slot.torch_shape:
+      raise CheckpointMismatchError(
+          f'{where}.{name} ({param}): shape {shape} but the parameter has '
+          f'{slot.torch_shape}')
+
+
 def map_adam_state(net: str, opt: str, optimizer_state: Mapping[str, Any],
                    state_dict: NumpyStateDict, variables: Mapping[str, Any],
                    config_optim: ml_collections.ConfigDict | None = None
@@ -448,12 +458,8 @@ def map_adam_state(net: str, opt: str, optimizer_state: Mapping[str, Any],
       zeros = np.zeros_like(flat_params[slot.path])
       mu[slot.path], nu[slot.path] = zeros, zeros
       continue
-    for name in ('exp_avg', 'exp_avg_sq'):
-      shape = _shape_of(entry[name])
-      if shape != slot.torch_shape:
-        raise CheckpointMismatchError(
-            f'{opt}.state[{index}].{name} ({net}.{key}): shape {shape} but '
-            f'the parameter has {slot.torch_shape}')
+    _check_moment_shapes(f'{opt}.state[{index}]', f'{net}.{key}', entry,
+                         slot)
     is_kernel = slot.path[-1] == 'kernel'
     mu[slot.path] = to_flax_layout(np.asarray(entry['exp_avg'], np.float32),
                                    is_kernel)

@@ -1,7 +1,9 @@
 """One dual-MCMC teaching iteration as a single compiled function.
 
-`make_train_step` returns `train_step(state, batch) -> (state, metrics)`
-doing REFERENCE.md section 4 end to end on the accelerator:
+`make_train_step` returns `train_step(state, batch) -> (state, metrics)`,
+one iteration of the authors' training loop (jcui1224/dual-MCMC, `train.py`;
+the paper's Algorithm 1 plus the second x-chain) end to end on the
+accelerator:
 
 1. z ~ N(0, I); x0 = G(z); x1 = Tx(x0)             (x-revision, EBM-guided)
 2. z0 ~ q(z|x); z1 = Tz(z0 | x)                    (z-revision, generator-guided)
@@ -21,6 +23,7 @@ runs on machines with only jax, flax and optax.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import jax
@@ -70,6 +73,49 @@ def _teaching_switches(training) -> tuple[bool, bool, bool, str]:
   return z_revision, x_teaching, data_teaching, x_init
 
 
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+  """The config fields the step reads, read once outside the trace."""
+  lx: langevin.LangevinSettings
+  lz: langevin.LangevinSettings
+  sigma: float
+  prior_sigma: float
+  g_factor: float
+  s_factor: float
+  i_factor: float
+  temperature: float
+  second_chain: bool
+  diff_limit: float
+  w_rec: float
+  w_prior: float
+  z_revision: bool
+  x_teaching: bool
+  data_teaching: bool
+  x_init: str
+  noise_low: float
+  noise_high: float
+
+  @classmethod
+  def from_config(cls, config) -> '_Settings':
+    lx = langevin.LangevinSettings.from_config(config.langevin_x)
+    lz = langevin.LangevinSettings.from_config(config.langevin_z)
+    lc, t = config.loss, config.training
+    sigma, prior_sigma = float(lc.sigma), float(lc.prior_sigma)
+    w_rec, w_prior = langevin.z_energy_weights(lz.rule, sigma, prior_sigma)
+    z_revision, x_teaching, data_teaching, x_init = _teaching_switches(t)
+    return cls(
+        lx=lx, lz=lz, sigma=sigma, prior_sigma=prior_sigma,
+        g_factor=float(lc.g_factor), s_factor=float(lc.s_factor),
+        i_factor=float(lc.i_factor),
+        temperature=losses.ebm_temperature(lx.step_size, lx.noise,
+                                           bool(lc.ebm_temperature_scaling)),
+        second_chain=bool(t.second_x_chain),
+        diff_limit=float(lc.energy_diff_limit), w_rec=w_rec, w_prior=w_prior,
+        z_revision=z_revision, x_teaching=x_teaching,
+        data_teaching=data_teaching, x_init=x_init,
+        noise_low=float(t.x_noise_low), noise_high=float(t.x_noise_high))
+
+
 def make_train_step(config, models: networks.Models,
                     optimizers: ts.Optimizers
                     ) -> Callable[[ts.TrainState, Array],
@@ -98,119 +144,125 @@ def make_train_step(config, models: networks.Models,
   Raises:
     ValueError: an ablation switch has a value outside its allowed ones.
   """
-  lx = langevin.LangevinSettings.from_config(config.langevin_x)
-  lz = langevin.LangevinSettings.from_config(config.langevin_z)
-  lc = config.loss
-  sigma, prior_sigma = float(lc.sigma), float(lc.prior_sigma)
-  g_factor, s_factor, i_factor = (float(lc.g_factor), float(lc.s_factor),
-                                  float(lc.i_factor))
-  temperature = losses.ebm_temperature(lx.step_size, lx.noise,
-                                       bool(lc.ebm_temperature_scaling))
-  second_chain = bool(config.training.second_x_chain)
-  diff_limit = float(lc.energy_diff_limit)
-  w_rec, w_prior = langevin.z_energy_weights(lz.rule, sigma, prior_sigma)
-  z_revision, x_teaching, data_teaching, x_init = _teaching_switches(
-      config.training)
-  noise_low = float(config.training.x_noise_low)
-  noise_high = float(config.training.x_noise_high)
+  step = _Step(_Settings.from_config(config), models, optimizers)
+  return step.noise_init_step if step.s.x_init == 'noise' else step.dual_step
 
-  def ebm_update(state: ts.TrainState, ebm_sn: dict[str, Any], x: Array,
-                 x_neg: Array, info: langevin.ChainInfo
+
+class _Step:
+  """The iteration's pieces; `dual_step` and `noise_init_step` compose them."""
+
+  def __init__(self, settings: _Settings, models: networks.Models,
+               optimizers: ts.Optimizers):
+    self.s = settings
+    self.models = models
+    self.optimizers = optimizers
+
+  def ebm_update(self, state: ts.TrainState, ebm_sn: dict[str, Any],
+                 x: Array, x_neg: Array, info: langevin.ChainInfo
                  ) -> tuple[ts.NetState, Metrics]:
     """The EBM's Adam step on negatives `x_neg` from the chain of `info`."""
     (_, (ebm_sn, m_e)), e_grads = jax.value_and_grad(
         losses.ebm_loss, has_aux=True)(
-            state.ebm.params, ebm_sn, models.ebm.apply, x, x_neg, temperature)
+            state.ebm.params, ebm_sn, self.models.ebm.apply, x, x_neg,
+            self.s.temperature)
     m_e.update(x_chain_energy_start=info.energy_start / x.shape[0],
                x_chain_energy_end=m_e['energy_x_revised'],
                x_chain_grad_norm=info.grad_norm)
-    return _apply_update(state.ebm, e_grads, optimizers.ebm, ebm_sn), m_e
+    return _apply_update(state.ebm, e_grads, self.optimizers.ebm,
+                         ebm_sn), m_e
 
-  def finish(state: ts.TrainState, metrics: Metrics, **nets: ts.NetState
-             ) -> tuple[ts.TrainState, Metrics]:
-    metrics.update(lr_e=optimizers.lr_ebm(state.step),
-                   lr_g=optimizers.lr_gen(state.step),
-                   lr_i=optimizers.lr_inf(state.step))
+  def finish(self, state: ts.TrainState, metrics: Metrics,
+             **nets: ts.NetState) -> tuple[ts.TrainState, Metrics]:
+    """Learning rates and the health flag into `metrics`; step + 1."""
+    opt = self.optimizers
+    metrics.update(lr_e=opt.lr_ebm(state.step), lr_g=opt.lr_gen(state.step),
+                   lr_i=opt.lr_inf(state.step))
     finite = jnp.all(jnp.stack([
         jnp.isfinite(metrics[k]) for k in ('loss_g', 'loss_i', 'loss_e')]))
     metrics['healthy'] = jnp.logical_and(
-        finite, jnp.abs(metrics['energy_diff']) <= diff_limit)
+        finite, jnp.abs(metrics['energy_diff']) <= self.s.diff_limit)
     return state.replace(step=state.step + 1, **nets), metrics
 
-  def noise_init_step(state: ts.TrainState,
+  def noise_init_step(self, state: ts.TrainState,
                       batch: Array) -> tuple[ts.TrainState, Metrics]:
     """Short-run MCMC from noise: only the EBM learns."""
     x = batch  # [B, ...]
     k_init, k_x = jax.random.split(ts.step_key(state))
-    x0 = jax.random.uniform(k_init, x.shape, jnp.float32, noise_low,
-                            noise_high)
-    x_neg, ebm_sn, info = sampling.revise_x(models, state.ebm, x0, k_x, lx)
-    ebm, m_e = ebm_update(state, ebm_sn, x, x_neg, info)
+    x0 = jax.random.uniform(k_init, x.shape, jnp.float32, self.s.noise_low,
+                            self.s.noise_high)
+    x_neg, ebm_sn, info = sampling.revise_x(self.models, state.ebm, x0, k_x,
+                                            self.s.lx)
+    ebm, m_e = self.ebm_update(state, ebm_sn, x, x_neg, info)
     # G and I are not trained; zero losses keep the metric names the
     # training loop reports and checks.
     metrics = {**m_e, 'loss_g': jnp.zeros((), jnp.float32),
                'loss_i': jnp.zeros((), jnp.float32)}
-    return finish(state, metrics, ebm=ebm)
+    return self.finish(state, metrics, ebm=ebm)
 
-  def train_step(state: ts.TrainState,
-                 batch: Array) -> tuple[ts.TrainState, Metrics]:
-    x = batch  # [B, ...]
-    b = x.shape[0]
+  def dual_step(self, state: ts.TrainState,
+                batch: Array) -> tuple[ts.TrainState, Metrics]:
+    """The dual-MCMC iteration (module docstring, steps 1-5)."""
+    x, models, s = batch, self.models, self.s  # x: [B, ...]
     k_z, k_x1, k_q, k_zc, k_x2 = jax.random.split(ts.step_key(state), 5)
-
     # 1. Generator proposal and its x-revision under the current EBM.
-    z = jax.random.normal(k_z, (b, models.nz), jnp.float32)
+    z = jax.random.normal(k_z, (x.shape[0], models.nz), jnp.float32)
     x0, gen_bn = sampling.generate(models, state.gen, z)
-    x1, ebm_sn, info_x1 = sampling.revise_x(models, state.ebm, x0, k_x1, lx)
-
+    x1, ebm_sn, info_x1 = sampling.revise_x(models, state.ebm, x0, k_x1, s.lx)
     # 2. Inference proposal and its z-revision under the current generator.
-    chain_metrics = {}
-    z1 = None
-    if data_teaching:
-      z0, _, _ = sampling.infer_z(models, state.inf, x, k_q)
-      z1 = z0
-      if z_revision:
-        z1, gen_bn, info_z = sampling.revise_z(models, state.gen.replace(state=gen_bn),
-                                      z0, x, k_zc, lz, sigma, prior_sigma)
-        # Reconstruction error at the chain's start, recovered from its
-        # energy.
-        chain_metrics.update(
-            z_chain_rec_start=(info_z.energy_start -
-                               w_prior * jnp.sum(jnp.square(z0))) / (w_rec * b),
-            z_chain_grad_norm=info_z.grad_norm)
-
+    z1, gen_bn, chain_metrics = self.z_revision(state, gen_bn, x, k_q, k_zc)
     # 3. Generator update.
     (_, (gen_bn, m_g)), g_grads = jax.value_and_grad(
         losses.generator_loss, has_aux=True)(
             state.gen.params, gen_bn, models.gen.apply, x, z, z1,
-            x1 if x_teaching else None, g_factor, s_factor)
-    gen = _apply_update(state.gen, g_grads, optimizers.gen, gen_bn)
-
+            x1 if s.x_teaching else None, s.g_factor, s.s_factor)
+    gen = _apply_update(state.gen, g_grads, self.optimizers.gen, gen_bn)
     # 4. Inference update.
-    if data_teaching:
-      (_, m_i), i_grads = jax.value_and_grad(
-          losses.inference_loss, has_aux=True)(
-              state.inf.params, models.inf.apply, x, z1, x1, z, g_factor,
-              i_factor)
-      inf = _apply_update(state.inf, i_grads, optimizers.inf, state.inf.state)
-    else:
-      # Cooperative learning has no inference model; a zero loss keeps the
-      # metric names the training loop reports and checks.
-      inf, m_i = state.inf, {'loss_i': jnp.zeros((), jnp.float32)}
-
+    inf, m_i = self.inference_update(state, x, z, z1, x1)
     # 5. EBM update, negatives from a second chain off the updated generator.
-    if second_chain:
+    if s.second_chain:
       x0_neg, gen_bn = sampling.generate(models, gen, z)
       gen = gen.replace(state=gen_bn)
       x_neg, ebm_sn, info_neg = sampling.revise_x(
-          models, state.ebm.replace(state=ebm_sn), x0_neg, k_x2, lx)
+          models, state.ebm.replace(state=ebm_sn), x0_neg, k_x2, s.lx)
     else:
       x_neg, info_neg = x1, info_x1
-    ebm, m_e = ebm_update(state, ebm_sn, x, x_neg, info_neg)
-
+    ebm, m_e = self.ebm_update(state, ebm_sn, x, x_neg, info_neg)
     metrics = {**m_g, **m_i, **m_e, **chain_metrics}
     if 'z_chain_rec_start' in metrics:
       metrics['z_chain_rec_end'] = m_g['g_rec_after_z_chain']
-    return finish(state, metrics, ebm=ebm, gen=gen, inf=inf)
+    return self.finish(state, metrics, ebm=ebm, gen=gen, inf=inf)
 
-  return noise_init_step if x_init == 'noise' else train_step
+  def z_revision(self, state: ts.TrainState, gen_bn: dict[str, Any],
+                 x: Array, k_q: Array, k_zc: Array
+                 ) -> tuple[Array | None, dict[str, Any], Metrics]:
+    """z0 ~ q(z|x) and its z-revision: (z1, generator BN state, metrics)."""
+    s = self.s
+    if not s.data_teaching:
+      return None, gen_bn, {}
+    z0, _, _ = sampling.infer_z(self.models, state.inf, x, k_q)
+    if not s.z_revision:
+      return z0, gen_bn, {}
+    z1, gen_bn, info_z = sampling.revise_z(
+        self.models, state.gen.replace(state=gen_bn), z0, x, k_zc, s.lz,
+        s.sigma, s.prior_sigma)
+    # Reconstruction error at the chain's start, recovered from its energy.
+    rec_start = (info_z.energy_start - s.w_prior * jnp.sum(jnp.square(z0))
+                 ) / (s.w_rec * x.shape[0])
+    return z1, gen_bn, {'z_chain_rec_start': rec_start,
+                        'z_chain_grad_norm': info_z.grad_norm}
+
+  def inference_update(self, state: ts.TrainState, x: Array, z: Array,
+                       z1: Array | None, x1: Array
+                       ) -> tuple[ts.NetState, Metrics]:
+    """The inference model's Adam step (none in cooperative learning)."""
+    s = self.s
+    if not s.data_teaching:
+      # Cooperative learning has no inference model; a zero loss keeps the
+      # metric names the training loop reports and checks.
+      return state.inf, {'loss_i': jnp.zeros((), jnp.float32)}
+    (_, m_i), i_grads = jax.value_and_grad(
+        losses.inference_loss, has_aux=True)(
+            state.inf.params, self.models.inf.apply, x, z1, x1, z,
+            s.g_factor, s.i_factor)
+    return _apply_update(state.inf, i_grads, self.optimizers.inf,
+                         state.inf.state), m_i

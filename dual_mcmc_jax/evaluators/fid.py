@@ -168,6 +168,22 @@ def _save_npz_atomic(path: str, **arrays: np.ndarray) -> None:
   os.replace(tmp, path)
 
 
+def _reset_rounds_unless(directory: str, meta: dict[str, Any]) -> None:
+  """Deletes saved rounds unless they were computed with settings `meta`."""
+  meta_path = os.path.join(directory, 'meta.json')
+  meta = json.loads(json.dumps(meta))  # Normalise tuples etc.
+  os.makedirs(directory, exist_ok=True)
+  old = None
+  if os.path.exists(meta_path):
+    with open(meta_path) as f:
+      old = json.load(f)
+  if old != meta:
+    for p in glob.glob(os.path.join(directory, 'round_*.npz')):
+      os.remove(p)
+    with open(meta_path, 'w') as f:
+      json.dump(meta, f, indent=2, sort_keys=True)
+
+
 def compute_rounds(directory: str, num_rounds: int,
                    compute_round: Callable[[int], dict[str, np.ndarray]],
                    meta: dict[str, Any], what: str = 'round'
@@ -190,19 +206,8 @@ def compute_rounds(directory: str, num_rounds: int,
     {name: the rounds' arrays concatenated along the first axis}.
   """
   is_writer = jax.process_index() == 0
-  meta_path = os.path.join(directory, 'meta.json')
-  meta = json.loads(json.dumps(meta))  # Normalise tuples etc.
   if is_writer:
-    os.makedirs(directory, exist_ok=True)
-    old = None
-    if os.path.exists(meta_path):
-      with open(meta_path) as f:
-        old = json.load(f)
-    if old != meta:
-      for p in glob.glob(os.path.join(directory, 'round_*.npz')):
-        os.remove(p)
-      with open(meta_path, 'w') as f:
-        json.dump(meta, f, indent=2, sort_keys=True)
+    _reset_rounds_unless(directory, meta)
   results: list[dict[str, np.ndarray]] = []
   loaded = 0
   start = time.time()
