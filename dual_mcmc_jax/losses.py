@@ -3,7 +3,7 @@
 Each `*_loss` takes the network parameters it differentiates first and the
 (constant) chain outputs after, and returns `(loss, aux)`, so that
 `jax.value_and_grad(..., has_aux=True)` gives the update directly. Formulas
-follow the reference implementation (REFERENCE.md section 4):
+follow the authors' training loop (jcui1224/dual-MCMC, `train.py`):
 
 * generator:  Gfactor * ||G(z1) - x||^2 / B + Sfactor * ||G(z) - x1||^2 / B
 * inference:  Gfactor * mean NLL(z1 | I(x)) + Ifactor * mean NLL(z | I(x1))

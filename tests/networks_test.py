@@ -51,7 +51,7 @@ def _counts(models):
           for name in ('gen', 'inf', 'ebm')}
 
 
-# Exact counts written out from the layer lists of REFERENCE.md section 5
+# Exact counts written out from the layer lists of the authors' nets.py
 # (conv weights k*k*in*out, conv biases only where the reference has them, BN
 # scale + bias), independent of the code under test.
 

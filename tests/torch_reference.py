@@ -1,10 +1,12 @@
 """The reference implementation's residual nets and iteration, in PyTorch.
 
-An independent statement of REFERENCE.md (sections 4 and 5) in PyTorch, used
+An independent statement, in PyTorch, of the authors' nets (jcui1224/dual-MCMC
+`nets.py`: `_Cifar10_netG`, `_Cifar10_netE`, `_Cifar10_netI`) and of one
+iteration of their training loop (`train.py`), used
 to generate the golden fixtures of `tests/agreement_test.py`, to write real
 `.pth` files in the import tests, and as the PyTorch side of speed
 comparisons. It does not import the JAX library: the layouts below are
-written from REFERENCE.md, not derived from `networks.py`, so that an error
+written from the authors' layer lists, not derived from `networks/`, so that an error
 in one is not silently shared by the other.
 
 This module needs PyTorch, which is an optional dependency of the project
@@ -54,7 +56,7 @@ from torch.nn import functional as F
 Tensor = torch.Tensor
 
 # --------------------------------------------------------------------------
-# Layouts (REFERENCE.md section 5, generalised to other power-of-two sizes).
+# Layouts (the authors' nets.py, generalised to other power-of-two sizes).
 # --------------------------------------------------------------------------
 
 
@@ -274,7 +276,7 @@ def build_nets(nz: int, ngf: int, nef: int, nif: int, image_size: int = 32,
 
 
 # --------------------------------------------------------------------------
-# The iteration's pieces (REFERENCE.md section 4).
+# The iteration's pieces (the authors' train.py).
 # --------------------------------------------------------------------------
 
 
@@ -460,7 +462,7 @@ def reference_train_step(netG: nn.Module, netE: nn.Module, netI: nn.Module,
                          optimizers: dict[str, torch.optim.Optimizer] |
                          Sequence[torch.optim.Optimizer], x: Tensor,
                          args: ReferenceArgs) -> dict[str, Any]:
-  """One iteration of REFERENCE.md section 4 (both chains, three updates).
+  """One iteration of the authors' train.py (both chains, three updates).
 
   Args:
     netG, netE, netI: the nets, in train mode.

@@ -51,7 +51,7 @@ class GenUpBlock(nn.Module):
 def resnet_generator_widths(ngf: int, image_size: int,
                             style: str) -> list[int]:
   """Channel widths at 4x4, 8x8, ..., image_size."""
-  n_up = log2_int(image_size, 'config.data.image_size') - 2
+  n_up = log2_int(image_size, 'image_size') - 2
   if style == 'cifar':
     return [ngf] * (n_up + 1)
   return [max(ngf // 2**i, 1) for i in range(n_up + 1)]
@@ -121,7 +121,7 @@ def resnet_ebm_layout(nef: int, image_size: int,
   """(width, downsample) per block, start block first."""
   if style == 'cifar':
     return [(nef, True), (nef, True), (nef, False), (nef, False)]
-  n = log2_int(image_size, 'config.data.image_size') - 1  # down to 2x2
+  n = log2_int(image_size, 'image_size') - 1  # down to 2x2
   return [(max(nef // 2**(n - 1 - i), 1), True) for i in range(n)]
 
 
@@ -152,7 +152,7 @@ class ResEBM(nn.Module):
 
 
 def conv_inference_widths(nif: int, image_size: int) -> list[int]:
-  n_down = log2_int(image_size, 'config.data.image_size') - 2
+  n_down = log2_int(image_size, 'image_size') - 2
   return [nif * min(2**(i + 1), 8) for i in range(n_down)]
 
 

@@ -36,7 +36,7 @@ class SimpleGenerator(nn.Module):
 
   @nn.compact
   def __call__(self, z: Array) -> Array:
-    n_up = log2_int(self.image_size, 'config.data.image_size') - 2
+    n_up = log2_int(self.image_size, 'image_size') - 2
     # Transposed convs as input-dilated convs (lax.conv_transpose's
     # arithmetic): a 4x4 'VALID' transposed conv of a 1x1 map pads by 3.
     convt = functools.partial(Conv2d, kernel=4,
@@ -66,7 +66,7 @@ class SimpleEBM(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, update_stats: bool = True) -> Array:
-    n_down = log2_int(self.image_size, 'config.data.image_size') - 2
+    n_down = log2_int(self.image_size, 'image_size') - 2
     conv = functools.partial(SNConv, use_bias=True,
                              spectral_norm=self.spectral_norm,
                              sn_steps=self.sn_steps,
@@ -88,7 +88,7 @@ class SimpleInference(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> tuple[Array, Array]:
-    n_down = log2_int(self.image_size, 'config.data.image_size') - 2
+    n_down = log2_int(self.image_size, 'image_size') - 2
     h = x.astype(self.dtype)
     for i in range(n_down):
       h = TorchConv(self.nif * 2**i, 4, 2, 1, use_bias=False, dtype=self.dtype,
