@@ -17,15 +17,18 @@ one line `error: <problem>; <fix>` (README "Long runs").
 """
 
 import logging as std_logging
+import os
 import sys
 
+# pylint: disable=g-bad-import-order
+from dual_mcmc_jax import runtime  # First: quiets TensorFlow before any import of it.
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 from ml_collections import config_flags
 
 from dual_mcmc_jax import checkpointing
+from dual_mcmc_jax import config_checks
 from dual_mcmc_jax import evaluate
 from dual_mcmc_jax import sharding
 from dual_mcmc_jax import train
@@ -69,15 +72,46 @@ def _unknown_field_message(argv: list[str], e: Exception) -> str:
   return f'a --config override names an unknown field {key!r}{hint}'
 
 
+def _config_path(argv: list[str]) -> str | None:
+  """The value of --config on the command line, if given."""
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _config_load_error(path: str | None, e: BaseException) -> str:
+  detail = ' '.join(str(e).split())
+  return (f'error: --config={path} cannot be loaded ({type(e).__name__}: '
+          f'{detail}); it must be a Python file with a get_config() function, '
+          'e.g. configs/digits.py')
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing with every failure turned into one line."""
+  path = _config_path(argv)
+  if path is not None and not os.path.isfile(path.split(':', 1)[0]):
+    sys.exit(f'error: --config={path}: no such file; the configs are in '
+             'configs/ (e.g. --config=configs/digits.py)')
   try:
-    return FLAGS(argv)
+    rest = FLAGS(argv)
   except flags.Error as e:
     sys.exit(f'error: {e}')
   except (KeyError, AttributeError) as e:
+    if 'get_config' in str(e):
+      sys.exit(_config_load_error(path, e))
     # ml_collections raises these, as tracebacks, on an unknown field.
     sys.exit(f'error: {_unknown_field_message(argv, e)}')
+  except Exception as e:  # pylint: disable=broad-except
+    # The config file itself failed (a syntax error, an exception in it).
+    sys.exit(_config_load_error(path, e))
+  try:
+    FLAGS.config.get('training')
+  except Exception as e:  # pylint: disable=broad-except
+    sys.exit(_config_load_error(path, e.__cause__ or e))
+  return rest
 
 
 def run(mode: str, config, workdir: str) -> None:
@@ -94,6 +128,7 @@ def run(mode: str, config, workdir: str) -> None:
       no rollbacks left.
   """
   try:
+    config_checks.validate(config)
     if mode == 'eval':
       evaluate.evaluate(config, workdir)
     elif mode == 'sample':
@@ -104,7 +139,6 @@ def run(mode: str, config, workdir: str) -> None:
           checkpointing.CheckpointError, evaluate.EvaluatorUnavailable) as e:
     # One clear line and a non-zero exit instead of a traceback.
     message = ' '.join(str(e).split())
-    logging.error('%s', message)
     sys.exit(f'error: {message}')
 
 
@@ -115,6 +149,7 @@ def main(argv):
     sys.exit(f'error: --mode={FLAGS.mode!r} is unknown; allowed: '
              f'{", ".join(MODES)}')
   logging.get_absl_handler().addFilter(_QuietCheckpointLogs())
+  runtime.configure()
   if FLAGS.distributed:
     sharding.initialize_distributed(FLAGS.coordinator_address,
                                     FLAGS.num_processes, FLAGS.process_id)
@@ -124,8 +159,7 @@ def main(argv):
     tf.config.experimental.set_visible_devices([], 'GPU')
   except ImportError:
     pass
-  logging.info('JAX process %d / %d, local devices: %s', jax.process_index(),
-               jax.process_count(), jax.local_devices())
+  logging.info('%s', runtime.device_summary())
   run(FLAGS.mode, FLAGS.config, FLAGS.workdir)
 
 

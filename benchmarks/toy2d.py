@@ -92,6 +92,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import toy2d as toy2d_config
 from dual_mcmc_jax import experiment
+from dual_mcmc_jax import runtime
 from dual_mcmc_jax import langevin
 from dual_mcmc_jax import networks
 from dual_mcmc_jax import sampling
@@ -722,4 +723,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  runtime.run_main(main)

@@ -39,7 +39,6 @@ import sys
 import time
 from typing import Any
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
@@ -50,6 +49,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from dual_mcmc_jax import conv
 from dual_mcmc_jax import experiment
+from dual_mcmc_jax import runtime
 from dual_mcmc_jax import networks
 from dual_mcmc_jax import train_state as ts
 import profile_trace
@@ -379,4 +379,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  runtime.run_main(main)

@@ -35,6 +35,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from dual_mcmc_jax import networks
+from dual_mcmc_jax import sharding
 from dual_mcmc_jax import train_state as ts
 
 CONFIG_FILE = 'config.json'
@@ -233,9 +234,19 @@ def restore_latest(manager: ocp.CheckpointManager, abstract: Any
 
 def abstract_state(models: networks.Models, optimizers: ts.Optimizers,
                    seed: int) -> Any:
-  """The structure of a train state (shapes and dtypes, nothing computed)."""
-  return jax.eval_shape(
+  """The structure of a train state, replicated over this run's devices.
+
+  Shapes and dtypes only, nothing computed. The sharding is that of the
+  devices at hand, not those that saved the checkpoint, so that a
+  checkpoint written by several hosts restores on one machine and the
+  other way round.
+  """
+  shapes = jax.eval_shape(
       lambda: ts.create_train_state(models, optimizers, seed))
+  replicated = sharding.replicated(sharding.data_mesh())
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+      shapes)
 
 
 def restore_or_create_state(manager: ocp.CheckpointManager,

@@ -90,7 +90,7 @@ class _Loop:
   manager: ocp.CheckpointManager
   writer: Any
   report: Any
-  preemption: '_SigtermFlag'
+  preemption: '_Preemption'
   mesh: Any
 
 
@@ -163,7 +163,7 @@ def _open_loop(config: ml_collections.ConfigDict, workdir: str) -> _Loop:
                manager=manager, writer=writer,
                report=periodic_actions.ReportProgress(
                    num_train_steps=total_steps, writer=writer),
-               preemption=_SigtermFlag(), mesh=sharding.data_mesh())
+               preemption=_Preemption(), mesh=sharding.data_mesh())
 
 
 def _restore(loop: _Loop) -> ts.TrainState:
@@ -297,7 +297,7 @@ class _Segment:
     self.unchecked.append((step, metrics))
     loop.report(step)
     is_last = step == loop.total_steps
-    stop = loop.preemption.requested
+    stop = loop.preemption.reached(step)
     save = step % every['checkpoint'] == 0 or is_last or stop
     if step % every['health'] == 0 or save or step % every['log'] == 0:
       self.check_health()
@@ -346,18 +346,45 @@ class _Segment:
     checkpointing.wait_until_finished(self.loop.manager, self.last_save)
 
 
-class _SigtermFlag:
-  """Turns SIGTERM (pre-emption) into a flag the loop checks every step."""
+def _preemption_service() -> bool:
+  """Whether JAX's multi-process preemption sync point is running here."""
+  if jax.process_count() == 1:
+    return False
+  try:
+    from jax._src import distributed  # pylint: disable=g-import-not-at-top
+    return distributed.global_state.preemption_sync_manager is not None
+  except (ImportError, AttributeError):
+    return False
+
+
+class _Preemption:
+  """Turns SIGTERM (pre-emption) into a stop that every process agrees on.
+
+  One process: a SIGTERM handler sets a flag the loop reads every step.
+  Several processes (`jax.distributed.initialize`): JAX's preemption service
+  catches the SIGTERM of any process, tells the others, and
+  `multihost_utils.reached_preemption_sync_point` becomes True at the same
+  step on all of them, so that they save the same checkpoint together and
+  none is left waiting in a collective.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
-    if threading.current_thread() is threading.main_thread():
+    self._service = _preemption_service()
+    if (not self._service and
+        threading.current_thread() is threading.main_thread()):
       self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     del signum, frame
     self.requested = True
+
+  def reached(self, step: int) -> bool:
+    """True at the step where all processes stop; call at every step."""
+    if self._service:
+      self.requested = multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
 
   def restore(self):
     if self._previous is not None:

@@ -13,12 +13,13 @@ names and tensor layouts. PyTorch is needed only to read the .pth file.
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from dual_mcmc_jax import runtime  # First: quiets TensorFlow.
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from dual_mcmc_jax import config_checks
 from dual_mcmc_jax import import_torch
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -49,10 +50,9 @@ def main(argv: list[str]) -> None:
     print(import_torch.import_file(FLAGS.config, FLAGS.torch_checkpoint,
                                    FLAGS.workdir, FLAGS.step,
                                    FLAGS.allow_pickle))
-  except (ValueError, OSError, import_torch.TorchNotInstalledError) as e:
-    # One clear line and a non-zero exit instead of a traceback.
-    sys.exit(f'error: {" ".join(str(e).split())}')
+  except import_torch.TorchNotInstalledError as e:
+    sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  runtime.run_main(main)

@@ -13,6 +13,7 @@ with a checkpoint every 2, sharing conftest's persistent compilation cache
 with the subprocesses.
 """
 
+import builtins
 import errno
 import glob
 import hashlib
@@ -431,6 +432,21 @@ def _disk_fills_up_in_the_background_write(config, workdir, monkeypatch):
   return workdir
 
 
+def _read_only_workdir(config, workdir, monkeypatch):
+  """The workdir sits on a read-only mount (root can write a chmod 555 dir,
+  so the file system's answer is simulated where the probe is written)."""
+  del config
+  real_open = builtins.open
+
+  def read_only_open(file, mode='r', *args, **kwargs):
+    if '.write_probe_' in str(file) and any(m in mode for m in 'wax+'):
+      raise OSError(errno.EROFS, 'Read-only file system', str(file))
+    return real_open(file, mode, *args, **kwargs)
+
+  monkeypatch.setattr(builtins, 'open', read_only_open)
+  return workdir
+
+
 BAD_INPUTS = [
     # (case, change, words the one error line must contain)
     ('unknown_dataset', _set(**{'data.dataset': 'no_such_set'}),
@@ -453,6 +469,22 @@ BAD_INPUTS = [
      ['config.training.checkpoint_every_steps']),
     ('zero_lr_factor', _set(**{'recovery.lr_factor': 0.0}),
      ['config.recovery.lr_factor']),
+    ('zero_latent_size', _set(**{'model.nz': 0}),
+     ['config.model.nz=0', 'an integer >= 1']),
+    ('zero_width', _set(**{'model.nef': 0}), ['config.model.nef=0']),
+    ('nan_learning_rate', _set(**{'optim.lr_e': float('nan')}),
+     ['config.optim.lr_e=nan', 'a finite number > 0']),
+    ('infinite_sigma', _set(**{'loss.sigma': float('inf')}),
+     ['config.loss.sigma=inf', 'finite']),
+    ('negative_factor', _set(**{'loss.s_factor': -1.0}),
+     ['config.loss.s_factor=-1.0', '>= 0']),
+    ('negative_num_train_steps', _set(**{'training.num_train_steps': -5}),
+     ['config.training.num_train_steps=-5', 'an integer >= 0']),
+    ('unknown_langevin_rule', _set(**{'langevin_x.rule': 'euler'}),
+     ["config.langevin_x.rule='euler'", 'reference', 'paper']),
+    ('noise_box_upside_down', _set(**{'training.x_noise_low': 1.0,
+                                      'training.x_noise_high': -1.0}),
+     ['config.training.x_noise_low=1.0', 'must be <']),
     ('batch_not_divisible_by_devices', _more_devices,
      ['config.training.batch_size=8', 'multiple of the number of devices', '(3)']),
     ('checkpoints_of_another_config', _set(**{'model.nz': 16}),
@@ -465,6 +497,8 @@ BAD_INPUTS = [
     ('dataset_missing_offline', _tfds_set_not_prepared,
      ['svhn', 'not prepared', '--config.data.download=True']),
     ('unwritable_workdir', _workdir_under_a_file, ['not writable']),
+    ('read_only_workdir', _read_only_workdir,
+     ['not writable', 'Read-only file system']),
     ('energy_diff_explodes_no_rollback_left',
      _set(**{'loss.energy_diff_limit': 1e-12, 'recovery.max_retries': 0,
              'training.num_train_steps': NUM_STEPS + 2}),
