@@ -10,13 +10,16 @@
 
 Stages, each timed on its own:
 
-* load: `create_train_iterator`, which decodes and preprocesses the training
-  split into memory (with --mock, tfds.testing.mock_data's random images:
-  no decoding, so this is the preprocessing alone).
-* host batches: `next()` on that iterator (gather, flip, uint8 -> float32),
-  the per-step cost that remains once the split is loaded.
-* device batches: the same stream through `prefetch_to_device` and
-  `sharding.shard_batch` onto every local device (--device_prefetch > 0).
+* load: `get_dataset_info` and `create_train_iterator` (sharing one
+  `data.Store`), which decode and preprocess the training split into memory
+  (with --mock, tfds.testing.mock_data's random images: no decoding, so this
+  is the preprocessing alone).
+* host batches: `next()` on that grain iterator (shuffled indices, gather,
+  flip, uint8 -> float32), the per-step cost that remains once the split is
+  loaded.
+* device batches: the same stream through `prefetch_to_device` (grain's
+  prefetch thread) and `sharding.shard_batch` onto every local device
+  (--device_prefetch > 0).
 * eval pass: one `create_eval_iterator` pass over --eval_split, if given.
 
 The step's demand is batch_size / --step_seconds images per second; the
@@ -40,7 +43,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from dual_mcmc_jax import input_pipeline
+from dual_mcmc_jax import data
 from dual_mcmc_jax import sharding
 
 FLAGS = flags.FLAGS
@@ -100,13 +103,14 @@ def main(_):
   if FLAGS.mock:
     import tensorflow_datasets as tfds  # Only needed to mock TFDS.
     mock = tfds.testing.mock_data(num_examples=FLAGS.mock_examples)
-  if config.data.dataset in input_pipeline.TFDS_DATASETS:
+  if config.data.dataset in data.TFDS_DATASETS:
     # Imported before the clock starts: the import is no part of loading.
     import tensorflow  # pylint: disable=unused-import
   with mock:
     start = time.perf_counter()
-    num_examples = input_pipeline.get_dataset_info(config).num_train_examples
-    iterator = input_pipeline.create_train_iterator(config)
+    store = data.Store()  # The split is loaded once for every stage.
+    num_examples = data.get_dataset_info(config, store=store).num_train_examples
+    iterator = data.create_train_iterator(config, store=store)
     rows.append(
         _row('load (into memory)', time.perf_counter() - start, num_examples, 0)
     )
@@ -121,8 +125,8 @@ def main(_):
     device = None
     if queue_size > 0:
       mesh = sharding.data_mesh()
-      device_iterator = input_pipeline.prefetch_to_device(
-          input_pipeline.create_train_iterator(config),
+      device_iterator = data.prefetch_to_device(
+          data.create_train_iterator(config, store=store),
           size=queue_size,
           sharding_fn=lambda batch: sharding.shard_batch(batch, mesh),
       )
@@ -140,8 +144,8 @@ def main(_):
     if FLAGS.eval_split:
       start = time.perf_counter()
       images = num_batches = 0
-      for batch in input_pipeline.create_eval_iterator(
-          config, FLAGS.eval_split, batch_size=batch_size
+      for batch in data.create_eval_iterator(
+          config, FLAGS.eval_split, batch_size=batch_size, store=store
       ):
         images += batch.shape[0]
         num_batches += 1

@@ -27,7 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from dual_mcmc_jax import checkpointing
-from dual_mcmc_jax import input_pipeline
+from dual_mcmc_jax import data
 from dual_mcmc_jax import networks
 from dual_mcmc_jax import recovery
 from dual_mcmc_jax import sharding
@@ -180,7 +180,7 @@ class _Loop:
   config: ml_collections.ConfigDict
   workdir: str
   models: networks.Models
-  info: input_pipeline.DatasetInfo
+  info: data.DatasetInfo
   steps_per_epoch: int
   total_steps: int
   manager: ocp.CheckpointManager
@@ -218,7 +218,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   validate_config(config)
   models = ts.create_models(config)
-  info = input_pipeline.get_dataset_info(config)
+  info = data.get_dataset_info(config)
   # Everything that can fail on bad input has run before the workdir is
   # touched.
   workdir = checkpointing.prepare_workdir(workdir)
@@ -339,8 +339,8 @@ def _train_segment(loop: _Loop, rollbacks: list[recovery.Rollback],
   sample_fn = jax.jit(train_step_lib.make_sample_fn(config, loop.models),
                       out_shardings=sharding.replicated(mesh))
   # Host-to-device copies of the next batches overlap the running step.
-  train_iter = input_pipeline.prefetch_to_device(
-      input_pipeline.create_train_iterator(config, start_step=start_step),
+  train_iter = data.prefetch_to_device(
+      data.create_train_iterator(config, start_step=start_step),
       size=int(config.data.get('prefetch_to_device', 2)),
       sharding_fn=lambda b: (b, sharding.shard_batch(b, mesh)))
   writer, report, manager = loop.writer, loop.report, loop.manager

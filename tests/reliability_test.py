@@ -34,7 +34,7 @@ import pytest
 
 from configs import test as test_config
 from dual_mcmc_jax import checkpointing
-from dual_mcmc_jax import input_pipeline
+from dual_mcmc_jax import data
 from dual_mcmc_jax import recovery
 from dual_mcmc_jax import train
 from dual_mcmc_jax import train_state as ts
@@ -237,7 +237,7 @@ def _poison_batches(monkeypatch, step: int, num_iterators: int | None):
     num_iterators: poison only the first this many train iterators (a
       transient fault), or every one when None (bad data).
   """
-  real = input_pipeline.create_train_iterator
+  real = data.create_train_iterator
   made = []
 
   def poisoned(cfg, *, start_step=0):
@@ -249,7 +249,7 @@ def _poison_batches(monkeypatch, step: int, num_iterators: int | None):
         batch[0, 0, 0, 0] = np.nan
       yield batch
 
-  monkeypatch.setattr(input_pipeline, 'create_train_iterator', poisoned)
+  monkeypatch.setattr(data, 'create_train_iterator', poisoned)
 
 
 def _tensorboard_tags(workdir) -> set[str]:
