@@ -10,13 +10,16 @@
 
 Stages, each timed on its own:
 
-* load: `create_train_iterator`, which decodes and preprocesses the training
-  split into memory (with --mock, tfds.testing.mock_data's random images:
-  no decoding, so this is the preprocessing alone).
-* host batches: `next()` on that iterator (gather, flip, uint8 -> float32),
-  the per-step cost that remains once the split is loaded.
-* device batches: the same stream through `prefetch_to_device` and
-  `sharding.shard_batch` onto every local device (--device_prefetch > 0).
+* load: `get_dataset_info` and `create_train_iterator` (sharing one
+  `data.Store`), which decode and preprocess the training split into memory
+  (with --mock, tfds.testing.mock_data's random images: no decoding, so this
+  is the preprocessing alone).
+* host batches: `next()` on that grain iterator (shuffled indices, gather,
+  flip, uint8 -> float32), the per-step cost that remains once the split is
+  loaded.
+* device batches: the same stream through `prefetch_to_device` (grain's
+  prefetch thread) and `sharding.shard_batch` onto every local device
+  (--device_prefetch > 0).
 * eval pass: one `create_eval_iterator` pass over --eval_split, if given.
 
 The step's demand is batch_size / --step_seconds images per second; the
@@ -32,15 +35,17 @@ import json
 import os
 import sys
 import time
+from typing import Any
 
-from absl import app
 from absl import flags
 import jax
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from dual_mcmc_jax import input_pipeline
+from dual_mcmc_jax import config_checks
+from dual_mcmc_jax import data
+from dual_mcmc_jax import runtime
 from dual_mcmc_jax import sharding
 
 FLAGS = flags.FLAGS
@@ -92,64 +97,66 @@ def _row(stage: str, seconds: float, images: int, batches: int) -> dict:
   }
 
 
-def main(_):
-  config = FLAGS.config
-  batch_size = int(config.training.batch_size)
+def _device_stage(config, store) -> dict[str, Any] | None:
+  """Batches through `data.prefetch_to_device` onto every local device."""
+  queue_size = FLAGS.device_prefetch
+  if queue_size < 0:
+    queue_size = int(config.data.prefetch_to_device)
+  if queue_size <= 0:
+    return None
+  mesh = sharding.data_mesh()
+  device_iterator = data.prefetch_to_device(
+      data.create_train_iterator(config, store=store),
+      size=queue_size,
+      sharding_fn=lambda batch: sharding.shard_batch(batch, mesh),
+  )
+  seconds, images = _time_batches(device_iterator, FLAGS.batches,
+                                  FLAGS.warmup)
+  device_iterator.close()
+  return _row(
+      f'device batches ({jax.local_device_count()} x'
+      f' {jax.devices()[0].platform}, queue {queue_size})',
+      seconds, images, FLAGS.batches,
+  )
+
+
+def _eval_stage(config, store) -> dict[str, Any]:
+  """One ordered pass over `--eval_split`."""
+  start = time.perf_counter()
+  images = num_batches = 0
+  for batch in data.create_eval_iterator(
+      config, FLAGS.eval_split, batch_size=int(config.training.batch_size),
+      store=store):
+    images += batch.shape[0]
+    num_batches += 1
+  return _row(f'eval pass ({FLAGS.eval_split})', time.perf_counter() - start,
+              images, num_batches)
+
+
+def _measure(config) -> list[dict[str, Any]]:
+  """Rows: load, host batches, device batches, eval pass (as asked)."""
   rows = []
-  mock = contextlib.nullcontext()
-  if FLAGS.mock:
-    import tensorflow_datasets as tfds  # Only needed to mock TFDS.
-    mock = tfds.testing.mock_data(num_examples=FLAGS.mock_examples)
-  if config.data.dataset in input_pipeline.TFDS_DATASETS:
-    # Imported before the clock starts: the import is no part of loading.
-    import tensorflow  # pylint: disable=unused-import
-  with mock:
-    start = time.perf_counter()
-    num_examples = input_pipeline.get_dataset_info(config).num_train_examples
-    iterator = input_pipeline.create_train_iterator(config)
-    rows.append(
-        _row('load (into memory)', time.perf_counter() - start, num_examples, 0)
-    )
+  start = time.perf_counter()
+  store = data.Store()  # The split is loaded once for every stage.
+  num_examples = data.get_dataset_info(config, store=store).num_train_examples
+  iterator = data.create_train_iterator(config, store=store)
+  rows.append(
+      _row('load (into memory)', time.perf_counter() - start, num_examples, 0))
+  seconds, images = _time_batches(iterator, FLAGS.batches, FLAGS.warmup)
+  rows.append(_row('host batches', seconds, images, FLAGS.batches))
+  device = _device_stage(config, store)
+  if device is not None:
+    rows.append(device)
+  if FLAGS.eval_split:
+    rows.append(_eval_stage(config, store))
+  return rows
 
-    seconds, images = _time_batches(iterator, FLAGS.batches, FLAGS.warmup)
-    host = _row('host batches', seconds, images, FLAGS.batches)
-    rows.append(host)
 
-    queue_size = FLAGS.device_prefetch
-    if queue_size < 0:
-      queue_size = int(config.data.prefetch_to_device)
-    device = None
-    if queue_size > 0:
-      mesh = sharding.data_mesh()
-      device_iterator = input_pipeline.prefetch_to_device(
-          input_pipeline.create_train_iterator(config),
-          size=queue_size,
-          sharding_fn=lambda batch: sharding.shard_batch(batch, mesh),
-      )
-      seconds, images = _time_batches(
-          device_iterator, FLAGS.batches, FLAGS.warmup
-      )
-      device_iterator.close()
-      device = _row(
-          f'device batches ({jax.local_device_count()} x'
-          f' {jax.devices()[0].platform}, queue {queue_size})',
-          seconds, images, FLAGS.batches,
-      )
-      rows.append(device)
-
-    if FLAGS.eval_split:
-      start = time.perf_counter()
-      images = num_batches = 0
-      for batch in input_pipeline.create_eval_iterator(
-          config, FLAGS.eval_split, batch_size=batch_size
-      ):
-        images += batch.shape[0]
-        num_batches += 1
-      rows.append(_row(
-          f'eval pass ({FLAGS.eval_split})', time.perf_counter() - start,
-          images, num_batches,
-      ))
-
+def _report(config, rows: list[dict[str, Any]]) -> None:
+  """Prints the table and, last, one JSON line."""
+  batch_size = int(config.training.batch_size)
+  host = rows[1]
+  device = next((r for r in rows if r['stage'].startswith('device')), None)
   demand = batch_size / FLAGS.step_seconds
   dataset = config.data.dataset + (' (mock)' if FLAGS.mock else '')
   print(f'\ninput pipeline: {dataset}, per-host batch'
@@ -161,7 +168,7 @@ def main(_):
           f' {row["images_per_sec"]:>11.0f} {row["batches_per_sec"]:>10.1f}')
   print(f'{"train step demand":<40} {FLAGS.step_seconds:>9.3f}'
         f' {batch_size:>9d} {demand:>11.1f} {1 / FLAGS.step_seconds:>10.3f}')
-  result = {
+  print(json.dumps({
       'dataset': dataset,
       'batch_size': batch_size,
       'batches': FLAGS.batches,
@@ -170,14 +177,27 @@ def main(_):
       'load_seconds': round(rows[0]['seconds'], 3),
       'load_images_per_sec': round(rows[0]['images_per_sec'], 1),
       'device_images_per_sec': (
-          round(device['images_per_sec'], 1) if device else None
-      ),
+          round(device['images_per_sec'], 1) if device else None),
       'step_seconds': FLAGS.step_seconds,
       'step_images_per_sec': round(demand, 1),
       'headroom': round(host['images_per_sec'] / demand, 1),
-  }
-  print(json.dumps(result))
+  }))
+
+
+def main(_):
+  config = FLAGS.config
+  config_checks.validate(config)
+  mock = contextlib.nullcontext()
+  if FLAGS.mock:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    mock = tfds.testing.mock_data(num_examples=FLAGS.mock_examples)
+  if config.data.dataset in data.TFDS_DATASETS:
+    # Imported before the clock starts: the import is no part of loading.
+    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import,import-outside-toplevel  # noqa: F401
+  with mock:
+    rows = _measure(config)
+  _report(config, rows)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  runtime.run_main(main)

@@ -40,15 +40,16 @@ def get_config() -> ml_collections.ConfigDict:
   data.npz_path = ml_collections.config_dict.placeholder(str)
   data.npz_key = ml_collections.config_dict.placeholder(str)
   # image_folder: a directory searched recursively for .png/.jpg/.jpeg files
-  # (hidden ones skipped), decoded once into memory: shorter side resized to
-  # image_size, centre square kept, converted to num_channels.
+  # (hidden ones skipped), decoded into memory by each run (nothing is cached
+  # between runs): shorter side resized to image_size, centre square kept,
+  # converted to num_channels.
   data.image_folder = ml_collections.config_dict.placeholder(str)
   # Skip image files that cannot be decoded (counted in a warning) instead of
   # stopping at the first one; it is an error when none can be read.
   data.skip_unreadable = True
   data.num_load_workers = 0  # Threads decoding an image folder; 0: all CPUs.
-  # Batches that input_pipeline.prefetch_to_device keeps queued on the
-  # devices, so host-to-device copies overlap the train step; 0: off.
+  # Batches that data.prefetch_to_device keeps queued on the devices, so
+  # host-to-device copies overlap the train step; 0: off.
   data.prefetch_to_device = 2
 
   # --- Networks ----------------------------------------------------------

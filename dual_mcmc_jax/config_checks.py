@@ -22,6 +22,7 @@ import jax
 import ml_collections
 
 from dual_mcmc_jax import conv
+from dual_mcmc_jax import data
 from dual_mcmc_jax import langevin
 from dual_mcmc_jax import train_state as ts
 
@@ -153,6 +154,7 @@ RULES = {
 
 # Field -> the names it may hold.
 CHOICES = {
+    'data.dataset': data.DATASETS,
     'data.num_channels': (1, 3),
     'model.arch': ts.ARCHS,
     'model.resnet_style': ts.RESNET_STYLES,

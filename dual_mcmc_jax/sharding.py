@@ -7,8 +7,8 @@ all-reduces (gradients, BatchNorm batch statistics, the batch-summed Langevin
 energies), so a sharded step computes what a single-device step computes on
 the same global batch. Multi-host runs call `jax.distributed.initialize()`
 first; each host then feeds its own slice of the global batch
-(`input_pipeline` gives per-host batches) and `shard_batch` assembles the
-global array.
+(`data.create_train_iterator` gives per-host batches) and `shard_batch`
+assembles the global array.
 """
 
 from __future__ import annotations

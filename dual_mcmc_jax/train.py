@@ -29,7 +29,7 @@ import orbax.checkpoint as ocp
 from dual_mcmc_jax import checkpointing
 from dual_mcmc_jax import config_checks
 from dual_mcmc_jax import experiment
-from dual_mcmc_jax import input_pipeline
+from dual_mcmc_jax import data
 from dual_mcmc_jax import networks
 from dual_mcmc_jax import recovery
 from dual_mcmc_jax import sharding
@@ -84,7 +84,8 @@ class _Loop:
   """What stays fixed across rollbacks: the run's config, data, outputs."""
   config: ml_collections.ConfigDict
   workdir: str
-  info: input_pipeline.DatasetInfo
+  info: data.DatasetInfo
+  store: data.Store  # The decoded training split, loaded once per run.
   steps_per_epoch: int
   total_steps: int
   manager: ocp.CheckpointManager
@@ -145,7 +146,9 @@ def _open_loop(config: ml_collections.ConfigDict, workdir: str) -> _Loop:
   from clu import periodic_actions  # pylint: disable=g-import-not-at-top
 
   config_checks.validate(config)
-  info = input_pipeline.get_dataset_info(config)
+  store = data.Store()
+  info = data.get_dataset_info(config, store=store)
+  data.check_batch_fits(config, info.num_train_examples)
   # Everything that can fail on bad input has run before the workdir is
   # touched.
   workdir = checkpointing.prepare_workdir(workdir)
@@ -158,7 +161,7 @@ def _open_loop(config: ml_collections.ConfigDict, workdir: str) -> _Loop:
                                        manager.latest_step() is not None)
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
-  return _Loop(config=config, workdir=workdir, info=info,
+  return _Loop(config=config, workdir=workdir, info=info, store=store,
                steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                manager=manager, writer=writer,
                report=periodic_actions.ReportProgress(
@@ -242,8 +245,9 @@ def _train_segment(loop: _Loop, rollbacks: list[recovery.Rollback],
   # Data parallel over every device: state replicated, batch split.
   state = sharding.replicate(state, loop.mesh)
   # Host-to-device copies of the next batches overlap the running step.
-  train_iter = input_pipeline.prefetch_to_device(
-      input_pipeline.create_train_iterator(config, start_step=start_step),
+  train_iter = data.prefetch_to_device(
+      data.create_train_iterator(config, start_step=start_step,
+                                 store=loop.store),
       size=int(config.data.get('prefetch_to_device', 2)),
       sharding_fn=lambda b: (b, sharding.shard_batch(b, loop.mesh)))
   segment = _Segment(loop, exp)

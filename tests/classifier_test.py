@@ -11,7 +11,7 @@ import pytest
 
 from configs import test as test_config
 from configs import toy2d as toy2d_config
-from dual_mcmc_jax import input_pipeline
+from dual_mcmc_jax import data
 from dual_mcmc_jax import networks
 from dual_mcmc_jax import sharding
 from dual_mcmc_jax import train_state as ts
@@ -48,7 +48,7 @@ def fitted():
   config = test_config.get_config()
   images = np.concatenate(list(common.eval_batches(config, 'train', 500)))
   clf = classifier.train_classifier(
-      images, input_pipeline.digits_labels('train'), hidden=32, max_iter=40,
+      images, data.digits_labels('train'), hidden=32, max_iter=40,
       seed=0)
   return clf, images
 
@@ -68,7 +68,7 @@ def test_digits_labels_match_the_images(fitted):
   clf, _ = fitted
   config = test_config.get_config()
   test_x = np.concatenate(list(common.eval_batches(config, 'test', 500)))
-  labels = input_pipeline.digits_labels('test')
+  labels = data.digits_labels('test')
   assert len(labels) == len(test_x) == 297
   # Misaligned labels would give chance accuracy.
   assert clf.score(test_x.reshape(len(test_x), -1), labels) > 0.9

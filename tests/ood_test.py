@@ -14,7 +14,7 @@ import tensorflow_datasets as tfds
 
 from configs import cifar10 as cifar10_config
 from configs import test as test_config
-from dual_mcmc_jax import input_pipeline
+from dual_mcmc_jax import data
 from dual_mcmc_jax import networks
 from dual_mcmc_jax import sharding
 from dual_mcmc_jax import train_state as ts
@@ -122,7 +122,7 @@ def test_images_of_another_shape_are_skipped_with_the_reason(tmp_path):
 
 def test_tfds_ood_sets_on_mock_data():
   config = cifar10_config.get_config()
-  names = [n for n in ('svhn', 'cifar100') if n in input_pipeline.DATASETS]
+  names = [n for n in ('svhn', 'cifar100') if n in data.DATASETS]
   if not names:
     pytest.skip('the input pipeline has no svhn / cifar100 sources yet')
   config.eval.ood_datasets = ','.join(names + ['cifar10'])

@@ -35,7 +35,7 @@ import pytest
 
 from configs import test as test_config
 from dual_mcmc_jax import checkpointing
-from dual_mcmc_jax import input_pipeline
+from dual_mcmc_jax import data
 from dual_mcmc_jax import recovery
 from dual_mcmc_jax import train
 from dual_mcmc_jax import train_state as ts
@@ -238,19 +238,19 @@ def _poison_batches(monkeypatch, step: int, num_iterators: int | None):
     num_iterators: poison only the first this many train iterators (a
       transient fault), or every one when None (bad data).
   """
-  real = input_pipeline.create_train_iterator
+  real = data.create_train_iterator
   made = []
 
-  def poisoned(cfg, *, start_step=0):
+  def poisoned(cfg, *, start_step=0, **kwargs):
     made.append(start_step)
     poison = num_iterators is None or len(made) <= num_iterators
-    for i, batch in enumerate(real(cfg, start_step=start_step)):
+    for i, batch in enumerate(real(cfg, start_step=start_step, **kwargs)):
       if poison and start_step + i + 1 == step:
         batch = batch.copy()
         batch[0, 0, 0, 0] = np.nan
       yield batch
 
-  monkeypatch.setattr(input_pipeline, 'create_train_iterator', poisoned)
+  monkeypatch.setattr(data, 'create_train_iterator', poisoned)
 
 
 def _tensorboard_tags(workdir) -> set[str]:
@@ -447,6 +447,29 @@ def _read_only_workdir(config, workdir, monkeypatch):
   return workdir
 
 
+def _npz_with_a_nan(config, workdir, monkeypatch):
+  del monkeypatch
+  images = np.random.default_rng(0).uniform(-1, 1, (40, 16, 16, 1))
+  images[3, 2, 1, 0] = np.nan
+  path = os.path.join(workdir, '..', 'images.npz')
+  np.savez(path, images=images.astype(np.float32))
+  config.data.dataset = 'npz'
+  config.data.npz_path = path
+  return workdir
+
+
+def _image_folder_of_one_image(config, workdir, monkeypatch):
+  del monkeypatch
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  folder = os.path.join(workdir, '..', 'one_image')
+  os.makedirs(folder)
+  Image.fromarray(np.zeros((20, 20), np.uint8)).save(
+      os.path.join(folder, 'a.png'))
+  config.data.dataset = 'image_folder'
+  config.data.image_folder = folder
+  return workdir
+
+
 BAD_INPUTS = [
     # (case, change, words the one error line must contain)
     ('unknown_dataset', _set(**{'data.dataset': 'no_such_set'}),
@@ -496,6 +519,10 @@ BAD_INPUTS = [
      ['recovery.json cannot be read', 'remove it to resume without them']),
     ('dataset_missing_offline', _tfds_set_not_prepared,
      ['svhn', 'not prepared', '--config.data.download=True']),
+    ('npz_with_a_nan', _npz_with_a_nan,
+     ['images.npz', "array 'images'", 'NaN at index (3, 2, 1, 0)']),
+    ('image_folder_of_one_image', _image_folder_of_one_image,
+     ['config.training.batch_size=8', 'larger than the 1 training examples']),
     ('unwritable_workdir', _workdir_under_a_file, ['not writable']),
     ('read_only_workdir', _read_only_workdir,
      ['not writable', 'Read-only file system']),
@@ -567,3 +594,76 @@ def test_allow_config_change_resumes_and_keeps_the_old_config(tmp_path,
     assert f.read() == old
   with open(os.path.join(workdir, 'config.json')) as f:
     assert json.load(f)['training']['seed'] == 7
+
+
+@pytest.mark.parametrize('mode', ['eval', 'sample'])
+def test_eval_and_sample_check_the_config_like_training(mode, tmp_path,
+                                                        clean_run):
+  workdir = _copy(clean_run[0], tmp_path)
+  before = _snapshot(workdir)
+  config = _cheap_config()
+  config.model.nz = 0
+  with pytest.raises(SystemExit) as exit_info:
+    main.run(mode, config, workdir)
+  assert exit_info.value.code == 'error: config.model.nz=0 must be an integer >= 1'
+  assert _snapshot(workdir) == before
+
+
+def _run_script(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+  # As a user starts it: without the suite's JAX and TensorFlow settings.
+  env = {k: v for k, v in os.environ.items()
+         if k not in ('JAX_PLATFORMS', 'TF_CPP_MIN_LOG_LEVEL')}
+  return subprocess.run([sys.executable, *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize('config_file,words', [
+    ('configs/no_such_config.py', ['no such file']),
+    ('{tmp}/broken.py', ['cannot be loaded', 'SyntaxError']),
+    ('{tmp}/no_get_config.py', ['cannot be loaded', 'get_config']),
+])
+def test_a_missing_or_broken_config_file_is_one_line(config_file, words,
+                                                     tmp_path):
+  (tmp_path / 'broken.py').write_text('def get_config(:\n')
+  (tmp_path / 'no_get_config.py').write_text('x = 1\n')
+  path = config_file.format(tmp=tmp_path)
+  proc = _run_script(['main.py', f'--config={path}',
+                      f'--workdir={tmp_path / "run"}'])
+  assert proc.returncode == 1
+  assert 'Traceback' not in proc.stderr
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith(f'error: --config={path}'), last
+  for word in words:
+    assert word in last, (word, last)
+  assert not (tmp_path / 'run').exists()
+
+
+def test_the_benchmarks_check_the_config_like_training():
+  proc = _run_script(['benchmarks/train_step.py', '--config=configs/test.py',
+                      '--config.optim.lr_e=nan'])
+  assert proc.returncode == 1
+  assert 'Traceback' not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1] == (
+      'error: config.optim.lr_e=nan must be a finite number > 0')
+
+
+def test_the_readme_command_starts_clean(tmp_path):
+  """No traceback, no ERROR line, one line naming the devices.
+
+  Run as a user would, without the test suite's JAX_PLATFORMS=cpu, so that
+  on a machine without a GPU the CUDA build's fallback is exercised.
+  """
+  proc = _run_script(
+      ['main.py', '--config=configs/digits.py', f'--workdir={tmp_path}',
+       '--config.training.num_train_steps=2', '--config.model.ngf=8',
+       '--config.model.nef=8', '--config.model.nif=8',
+       '--config.langevin_x.steps=2', '--config.langevin_z.steps=2'])
+  output = proc.stdout + proc.stderr
+  assert proc.returncode == 0, output[-3000:]
+  assert 'Traceback' not in output
+  assert 'ERROR' not in output and not any(
+      line.startswith('E') and line[1:5].isdigit()
+      for line in output.splitlines()), output
+  assert 'oneDNN' not in output
+  devices = [line for line in output.splitlines() if 'device(s)' in line]
+  assert len(devices) == 1, output

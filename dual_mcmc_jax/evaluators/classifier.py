@@ -57,7 +57,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from dual_mcmc_jax import input_pipeline
+from dual_mcmc_jax import data
 from dual_mcmc_jax import networks
 from dual_mcmc_jax import sharding
 from dual_mcmc_jax import train_state as ts
@@ -229,11 +229,11 @@ class Evaluator:
     ev = self.config.eval
     train_x = self._split('train')
     test_x = self._split('test')
-    clf = train_classifier(train_x, input_pipeline.digits_labels('train'),
+    clf = train_classifier(train_x, data.digits_labels('train'),
                            int(ev.classifier_hidden),
                            int(ev.classifier_max_iter), int(ev.seed))
     accuracy = float(clf.score(test_x.reshape(len(test_x), -1),
-                               input_pipeline.digits_labels('test')))
+                               data.digits_labels('test')))
     yield 'classifier_test_accuracy', accuracy
     mu_ref, sigma_ref = fid.statistics(hidden_features(clf, test_x))
     # Random order, so the first `matched` training digits are not one

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dual_mcmc_jax import input_pipeline
+from dual_mcmc_jax import data
 from dual_mcmc_jax import langevin
 from dual_mcmc_jax import networks
 from dual_mcmc_jax import sampling
@@ -149,8 +149,7 @@ def eval_batches(config: ml_collections.ConfigDict, split: str,
   """
   what = what or f'dataset {config.data.dataset!r}'
   try:
-    it = input_pipeline.create_eval_iterator(config, split,
-                                             batch_size=batch_size)
+    it = data.create_eval_iterator(config, split, batch_size=batch_size)
   except _UNAVAILABLE_ERRORS as e:
     raise EvaluatorUnavailable(f'{what} (split {split!r}) is not available: '
                                f'{e}') from e

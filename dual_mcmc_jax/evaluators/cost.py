@@ -23,7 +23,7 @@ import jax
 import ml_collections
 
 from dual_mcmc_jax import experiment
-from dual_mcmc_jax import input_pipeline
+from dual_mcmc_jax import data
 from dual_mcmc_jax import networks
 from dual_mcmc_jax import train_state as ts
 
@@ -36,7 +36,7 @@ def _steps_per_epoch(config: ml_collections.ConfigDict, batch_size: int) -> int:
   serve it.
   """
   try:
-    info = input_pipeline.get_dataset_info(config)
+    info = data.get_dataset_info(config)
   except (FileNotFoundError, ImportError, ValueError):
     return 1
   return max(info.num_train_examples // batch_size, 1)

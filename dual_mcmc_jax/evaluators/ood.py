@@ -11,7 +11,7 @@ reversed.
 
 * a dataset name of the input pipeline (`svhn`, `cifar100`, `celeba32`,
   `cifar10`, `digits`, ...): its `config.eval.ood_split` split, read through
-  `input_pipeline.create_eval_iterator` with the model's image size;
+  `data.create_eval_iterator` with the model's image size;
 * `npz:/path/file.npz`: every image of the file's first array (uint8
   [N, H, W, C] or floats in [-1, 1]);
 * `folder:/path/dir`: the images of a folder (the pipeline's
