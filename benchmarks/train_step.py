@@ -44,12 +44,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from dual_mcmc_jax import conv
 from dual_mcmc_jax import experiment
 from dual_mcmc_jax import runtime
+from dual_mcmc_jax import sharding
 from dual_mcmc_jax import networks
 from dual_mcmc_jax import train_state as ts
 import profile_trace
@@ -58,6 +60,10 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config.')
 flags.DEFINE_integer('iters', 10, 'Timed iterations after compilation.')
 flags.DEFINE_integer('warmup', 1, 'Untimed iterations after compilation.')
+flags.DEFINE_bool('loop', True, 'Also time the training loop around the step '
+                  '(a host batch copied in every step), with the health '
+                  'check fetching metrics every step and every '
+                  'config.training.health_every_steps.')
 flags.DEFINE_bool('sweep', False, 'Also sweep batch, chain length, width.')
 flags.DEFINE_enum('baseline', 'none', ['none', 'torch'],
                   'Also time the PyTorch reference iteration.')
@@ -217,6 +223,46 @@ def benchmark(config: ml_collections.ConfigDict, iters: int, warmup: int = 1,
   }
 
 
+def _timed_loop(exp: experiment.Experiment, state: Any, host_batch: Any,
+                iters: int, health_every: int) -> tuple[float, Any]:
+  """Seconds per iteration of the loop around the step, as train.py runs it.
+
+  Every iteration copies a host batch to the devices and dispatches the
+  step; the `healthy` flags are fetched to the host every `health_every`
+  steps (1: after every step, which keeps the device from running ahead).
+  """
+  unchecked = []
+  start = time.perf_counter()
+  for i in range(1, iters + 1):
+    state, metrics = exp.train_step(
+        state, sharding.shard_batch(host_batch, exp.mesh))
+    unchecked.append(metrics['healthy'])
+    if i % health_every == 0 or i == iters:
+      if not jax.device_get(jnp.stack(unchecked)).all():
+        raise ValueError(f'the benchmark step diverged by step {i}')
+      unchecked = []
+  jax.block_until_ready(state)
+  return (time.perf_counter() - start) / iters, state
+
+
+def benchmark_loop(config: ml_collections.ConfigDict, iters: int
+                   ) -> dict[str, Any]:
+  """The whole loop per iteration, fetching metrics every step or every N."""
+  exp = experiment.build(config, steps_per_epoch=500)
+  every = int(config.training.get('health_every_steps', 20))
+  rng = np.random.default_rng(0)
+  local = int(config.training.batch_size) // jax.process_count()
+  host_batch = rng.uniform(-1, 1, (local, *exp.models.data_shape)).astype(
+      np.float32)
+  state = exp.init_state()
+  _, state = _timed_loop(exp, state, host_batch, 2, 1)  # Compiles.
+  per_step, state = _timed_loop(exp, state, host_batch, iters, 1)
+  per_n, _ = _timed_loop(exp, state, host_batch, iters, every)
+  return {'loop_sec_per_iter_fetch_every_step': per_step,
+          'loop_sec_per_iter_fetch_every_n': per_n,
+          'health_every_steps': every}
+
+
 def _describe(config: ml_collections.ConfigDict, state: Any
               ) -> dict[str, Any]:
   """The devices and the config fields a timing depends on."""
@@ -373,6 +419,12 @@ def main(argv):
           f'{torch_result["sec_per_iter_median"]:10.4f} '
           f'{torch_result["sec_per_iter_min"]:10.4f}')
     print(f'JAX / PyTorch time ratio: {result["jax_over_torch_time_ratio"]:.3f}')
+  if FLAGS.loop:
+    result.update(benchmark_loop(config, FLAGS.iters))
+    print(f'loop, metrics fetched every step: '
+          f'{result["loop_sec_per_iter_fetch_every_step"]:.4f} s/iter; every '
+          f'{result["health_every_steps"]} steps: '
+          f'{result["loop_sec_per_iter_fetch_every_n"]:.4f} s/iter')
   if FLAGS.sweep:
     result['sweep'] = sweep(config, max(1, min(FLAGS.iters, 3)))
   print(json.dumps(result))

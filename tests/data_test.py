@@ -260,22 +260,6 @@ def test_resume_after_kill_9_is_exact(tmp_path):
   h.assert_same_batches(reference[last:], resumed)
 
 
-def test_cifar10_speed():
-  # Measured, not asserted: building the iterator (which loads the split)
-  # and pulling 100 batches of 100.
-  with tfds.testing.mock_data(num_examples=10_000):
-    start = time.perf_counter()
-    iterator = data.create_train_iterator(h.config())
-    built = time.perf_counter()
-    for _ in range(100):
-      next(iterator)
-    done = time.perf_counter()
-  print(
-      f'\ncifar10 mock (10k examples): build {built - start:.2f} s, 100'
-      f' batches of 100 {done - built:.3f} s'
-  )
-
-
 # --- evaluation passes --------------------------------------------------------
 
 

@@ -44,6 +44,9 @@ def test_quickstart_notebook_runs_in_quick_mode(tmp_path, monkeypatch):
 
   for key, value in _kernel_env(tmp_path).items():
     monkeypatch.setenv(key, value)
+  # As a user starts it: without the suite's JAX and TensorFlow settings.
+  monkeypatch.delenv('JAX_PLATFORMS', raising=False)
+  monkeypatch.delenv('TF_CPP_MIN_LOG_LEVEL', raising=False)
   client = nbclient.NotebookClient(
       nb, timeout=TIMEOUT_S, kernel_name='python3',
       resources={'metadata': {'path': os.path.join(ROOT, 'notebooks')}})
@@ -56,6 +59,13 @@ def test_quickstart_notebook_runs_in_quick_mode(tmp_path, monkeypatch):
   # jupyter_client runs the kernelspec's `python` as this interpreter, so
   # the notebook sees the packages this test run has.
   assert f'python: {sys.executable}' in setup_output, setup_output
+
+  # A clean start: no traceback, no error line, no TensorFlow notices.
+  streamed = ''.join(o.get('text', '') for c in nb.cells
+                     if c.cell_type == 'code' for o in c.outputs)
+  for word in ('Traceback', 'ERROR', 'oneDNN'):
+    assert word not in streamed, streamed[-3000:]
+  assert 'device(s)' in streamed
 
   # Shown inline (ipykernel's matplotlib backend) and saved as files.
   shown = [o for c in nb.cells if c.cell_type == 'code' for o in c.outputs
