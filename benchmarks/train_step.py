@@ -26,7 +26,18 @@ not grow with its length (the chains are fori_loops that keep no trajectory).
 
 `--baseline=torch` also times the reference iteration written in PyTorch
 (tests/torch_reference.py; PyTorch is optional) at the same sizes on
-the same machine and prints the JAX / PyTorch time ratio.
+the same machine and prints the JAX / PyTorch time ratio, then a Markdown
+table of that ratio across sizes (`RATIO_ROWS`: the residual nets at
+(ngf = nef, nif, batch) = (32, 16, 8), (64, 32, 32), (128, 32, 32), and the
+Table 1 simple nets at their widths, batch 32; `--noratio_table` skips it).
+The PyTorch side is the whole reference iteration: E, G and I in train
+mode, the two x-chains, the z-chain and three Adam steps, losses read back
+every iteration as the authors' loop does.
+
+`--memory` only compiles the config's step with 30 and 120 x-steps and
+prints XLA's temporary bytes, e.g. at the paper's size:
+
+  python benchmarks/train_step.py --config=configs/cifar10.py --memory
 """
 
 from __future__ import annotations
@@ -64,6 +75,11 @@ flags.DEFINE_bool('loop', True, 'Also time the training loop around the step '
                   '(a host batch copied in every step), with the health '
                   'check fetching metrics every step and every '
                   'config.training.health_every_steps.')
+flags.DEFINE_bool('ratio_table', True, 'With --baseline=torch: also the '
+                  'JAX / PyTorch table over RATIO_ROWS (widths and batch).')
+flags.DEFINE_bool('memory', False, 'Only compile the config\'s step with 30 '
+                  'and 120 x-steps and print XLA\'s temporary bytes '
+                  '(nothing runs; the paper size fits any machine).')
 flags.DEFINE_bool('sweep', False, 'Also sweep batch, chain length, width.')
 flags.DEFINE_enum('baseline', 'none', ['none', 'torch'],
                   'Also time the PyTorch reference iteration.')
@@ -175,7 +191,8 @@ def _time_compiled(compiled: Any, state: Any, batch: jax.Array, iters: int,
 
 
 def benchmark(config: ml_collections.ConfigDict, iters: int, warmup: int = 1,
-              profile_dir: str | None = None) -> dict[str, Any]:
+              profile_dir: str | None = None,
+              flops: bool = True) -> dict[str, Any]:
   """Compiles and times the train step of `config`.
 
   Args:
@@ -183,6 +200,7 @@ def benchmark(config: ml_collections.ConfigDict, iters: int, warmup: int = 1,
     iters: timed iterations.
     warmup: untimed iterations after compilation.
     profile_dir: optional jax.profiler trace directory.
+    flops: also count the flops (three more compilations).
 
   Returns:
     A dict of measurements and config fields.
@@ -204,7 +222,8 @@ def benchmark(config: ml_collections.ConfigDict, iters: int, warmup: int = 1,
     profile = profile_trace.summarize(
         profile_dir, compiled.as_text(), iters, int(config.langevin_x.steps),
         int(config.langevin_z.steps), bool(config.training.second_x_chain))
-  flop_counts = count_flops(config)
+  flop_counts = count_flops(config) if flops else {
+      'flops_per_iter': float('nan')}
   median = statistics.median(times)
   peak, peak_kind = peak_memory_bytes()
   return {
@@ -312,14 +331,16 @@ def benchmark_torch(config: ml_collections.ConfigDict, iters: int,
   except ImportError as e:
     raise SystemExit('--baseline=torch needs PyTorch: pip install torch') from e
   from tests import torch_reference  # pylint: disable=g-import-not-at-top
-  if config.model.arch != 'resnet':
-    raise SystemExit('--baseline=torch supports config.model.arch=resnet only')
+  if config.model.arch not in ('resnet', 'simple'):
+    raise ValueError('--baseline=torch supports config.model.arch=resnet or '
+                     f'simple, not {config.model.arch!r}')
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
   torch.manual_seed(int(config.training.seed))
   nets = torch_reference.build_nets(
       int(config.model.nz), int(config.model.ngf), int(config.model.nef),
       int(config.model.nif), int(config.data.image_size),
-      config.model.resnet_style, int(config.data.num_channels))
+      config.model.resnet_style, int(config.data.num_channels),
+      arch=config.model.arch)
   for net in nets:
     net.apply(torch_reference.reference_init_)
   net_g, net_e, net_i = (net.to(device) for net in nets)
@@ -344,6 +365,61 @@ def benchmark_torch(config: ml_collections.ConfigDict, iters: int,
           'sec_per_iter_min': min(times), 'device': device,
           'torch_version': torch.__version__,
           'torch_threads': torch.get_num_threads()}
+
+
+# (nets, ngf = nef, nif, batch) of the ratio table: the residual CIFAR-10
+# nets at three widths, and the paper's Table 1 simple nets at their widths
+# (configs/cifar10_simple.py: ngf 100, nef 112, nif 128).
+RATIO_ROWS = (('resnet', 32, 32, 16, 8), ('resnet', 64, 64, 32, 32),
+              ('resnet', 128, 128, 32, 32), ('simple', 100, 112, 128, 32))
+
+
+def ratio_table(config: ml_collections.ConfigDict, iters: int, warmup: int
+                ) -> tuple[list[dict[str, Any]], str]:
+  """JAX / PyTorch seconds per iteration at the sizes of `RATIO_ROWS`.
+
+  Each row changes only the nets, widths and batch of `config` (the
+  CIFAR-10 config); both sides run the full iteration: 30 + 30 x-steps, 10
+  z-steps, three Adam updates, float32.
+  """
+  rows = []
+  lines = ['| nets | ngf | nef | nif | batch | JAX s/iter | PyTorch s/iter | '
+           'JAX / PyTorch |', '| --- | --- | --- | --- | --- | --- | --- | --- |']
+  for arch, ngf, nef, nif, batch in RATIO_ROWS:
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.model.arch, c.model.ngf, c.model.nef, c.model.nif = arch, ngf, nef, nif
+    c.training.batch_size = batch
+    jax_s = benchmark(c, iters, warmup, flops=False)['sec_per_iter_median']
+    torch_s = benchmark_torch(c, iters, warmup)['sec_per_iter_median']
+    rows.append({'arch': arch, 'ngf': ngf, 'nef': nef, 'nif': nif,
+                 'batch_size': batch, 'jax_sec_per_iter': jax_s,
+                 'torch_sec_per_iter': torch_s, 'ratio': jax_s / torch_s})
+    lines.append(f'| {arch} | {ngf} | {nef} | {nif} | {batch} | {jax_s:.3f} '
+                 f'| {torch_s:.3f} | {jax_s / torch_s:.2f} |')
+    print(lines[-1], flush=True)
+  return rows, '\n'.join(lines)
+
+
+def compiled_memory(config: ml_collections.ConfigDict,
+                    x_steps: tuple[int, ...] = (30, 120)) -> dict[int, int]:
+  """XLA's temporary bytes of the compiled step per x-chain length.
+
+  Compiles only (nothing runs), so the paper's sizes fit any machine; the
+  temporaries are what the device needs beyond the state and the batch.
+  """
+  out = {}
+  for steps in x_steps:
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.langevin_x.steps = steps
+    exp = experiment.build(c, steps_per_epoch=500)
+    batch = jax.ShapeDtypeStruct(
+        (int(c.training.batch_size),) + exp.models.data_shape, jnp.float32,
+        sharding=sharding.batch_sharding(exp.mesh))
+    compiled = exp.train_step.lower(exp.abstract_state(), batch).compile()
+    out[steps] = _temp_bytes(compiled)
+    print(f'x-steps {steps}: compiled temporary buffers '
+          f'{out[steps] / 2**30:.2f} GiB', flush=True)
+  return out
 
 
 def _row(label: str, r: dict[str, Any]) -> str:
@@ -388,9 +464,35 @@ def sweep(config: ml_collections.ConfigDict, iters: int) -> list[dict[str, Any]]
   return rows
 
 
+def _torch_baseline(config: ml_collections.ConfigDict,
+                    result: dict[str, Any]) -> None:
+  """PyTorch's time at the config's size, then (by default) the table."""
+  torch_result = benchmark_torch(config, FLAGS.iters, FLAGS.warmup)
+  result['torch_sec_per_iter_median'] = torch_result['sec_per_iter_median']
+  result['torch_sec_per_iter_min'] = torch_result['sec_per_iter_min']
+  result['torch_device'] = torch_result['device']
+  result['torch_version'] = torch_result['torch_version']
+  result['jax_over_torch_time_ratio'] = (
+      result['sec_per_iter_median'] / torch_result['sec_per_iter_median'])
+  print(f'{"torch (reference iteration)":<28} '
+        f'{torch_result["sec_per_iter_median"]:10.4f} '
+        f'{torch_result["sec_per_iter_min"]:10.4f}')
+  print(f'JAX / PyTorch time ratio: {result["jax_over_torch_time_ratio"]:.3f}')
+  if FLAGS.ratio_table:
+    print('\nJAX / PyTorch across sizes (float32, median of '
+          f'{FLAGS.iters} iterations each):')
+    result['ratio_table'], table = ratio_table(config, FLAGS.iters,
+                                               FLAGS.warmup)
+    print('\n' + table)
+
+
 def main(argv):
   del argv
   config = FLAGS.config
+  if FLAGS.memory:
+    print(json.dumps({'compiled_temp_bytes_by_x_steps':
+                      compiled_memory(config)}))
+    return
   result = benchmark(config, FLAGS.iters, FLAGS.warmup, FLAGS.profile_dir)
   if FLAGS.peak:
     peak = measure_peak_tflops(ts.compute_dtype(config))
@@ -408,23 +510,14 @@ def main(argv):
           f'{100 * result["fraction_of_peak"]:.1f}% of it')
   if 'profile' in result:
     print(profile_trace.format_summary(result['profile']))
-  if FLAGS.baseline == 'torch':
-    torch_result = benchmark_torch(config, FLAGS.iters, FLAGS.warmup)
-    result['torch_sec_per_iter_median'] = torch_result['sec_per_iter_median']
-    result['torch_sec_per_iter_min'] = torch_result['sec_per_iter_min']
-    result['torch_device'] = torch_result['device']
-    result['jax_over_torch_time_ratio'] = (
-        result['sec_per_iter_median'] / torch_result['sec_per_iter_median'])
-    print(f'{"torch (reference iteration)":<28} '
-          f'{torch_result["sec_per_iter_median"]:10.4f} '
-          f'{torch_result["sec_per_iter_min"]:10.4f}')
-    print(f'JAX / PyTorch time ratio: {result["jax_over_torch_time_ratio"]:.3f}')
   if FLAGS.loop:
     result.update(benchmark_loop(config, FLAGS.iters))
     print(f'loop, metrics fetched every step: '
           f'{result["loop_sec_per_iter_fetch_every_step"]:.4f} s/iter; every '
           f'{result["health_every_steps"]} steps: '
           f'{result["loop_sec_per_iter_fetch_every_n"]:.4f} s/iter')
+  if FLAGS.baseline == 'torch':
+    _torch_baseline(config, result)
   if FLAGS.sweep:
     result['sweep'] = sweep(config, max(1, min(FLAGS.iters, 3)))
   print(json.dumps(result))

@@ -266,10 +266,78 @@ class ResInference(nn.Module):
     return self.conv51(h), self.conv52(h)  # [B, nz, 1, 1] each
 
 
+class SimpleGenerator(nn.Module):
+  """The plain nets of the paper's Table 1: ConvT 1 -> 4, BN-ReLU-ConvT up."""
+
+  def __init__(self, nz: int, ngf: int, image_size: int = 32,
+               num_channels: int = 3):
+    super().__init__()
+    n_up = _log2(image_size) - 2
+    layers = [nn.ConvTranspose2d(nz, ngf * 2**n_up, 4, 1, 0)]
+    for i in range(n_up):
+      feats = num_channels if i == n_up - 1 else ngf * 2**(n_up - 1 - i)
+      layers += [nn.BatchNorm2d(ngf * 2**(n_up - i)), nn.ReLU(),
+                 nn.ConvTranspose2d(ngf * 2**(n_up - i), feats, 4, 2, 1)]
+    self.main = nn.Sequential(*layers)
+    self.apply(reference_init_)
+
+  def forward(self, z: Tensor) -> Tensor:
+    return torch.tanh(self.main(_as_latent(z)))
+
+
+class SimpleEBM(nn.Module):
+  """Spectrally normalised stride-2 convs with LReLU, then a 4x4 valid conv."""
+
+  def __init__(self, nef: int, image_size: int = 32, num_channels: int = 3):
+    super().__init__()
+    n_down = _log2(image_size) - 2
+    layers, width = [], num_channels
+    for i in range(n_down):
+      layers += [_sn(nn.Conv2d(width, nef * 2**i, 4, 2, 1), True),
+                 nn.LeakyReLU(0.2)]
+      width = nef * 2**i
+    layers.append(_sn(nn.Conv2d(width, 1, 4, 1, 0), True))
+    self.main = nn.Sequential(*layers)
+    self.apply(reference_init_)
+
+  def forward(self, x: Tensor) -> Tensor:
+    return self.main(x).reshape(x.shape[0])
+
+
+class SimpleInference(nn.Module):
+  """Stride-2 convs (no bias) with LReLU, then two 4x4 valid conv heads."""
+
+  def __init__(self, nz: int, nif: int, image_size: int = 32,
+               num_channels: int = 3):
+    super().__init__()
+    n_down = _log2(image_size) - 2
+    layers, width = [], num_channels
+    for i in range(n_down):
+      layers += [nn.Conv2d(width, nif * 2**i, 4, 2, 1, bias=False),
+                 nn.LeakyReLU(0.2)]
+      width = nif * 2**i
+    self.main = nn.Sequential(*layers)
+    self.mu = nn.Conv2d(width, nz, 4, 1, 0)
+    self.logvar = nn.Conv2d(width, nz, 4, 1, 0)
+    self.apply(reference_init_)
+
+  def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    h = self.main(x)
+    return self.mu(h), self.logvar(h)
+
+
 def build_nets(nz: int, ngf: int, nef: int, nif: int, image_size: int = 32,
-               style: str = 'cifar', num_channels: int = 3
-               ) -> tuple[ResGenerator, ResEBM, ResInference]:
-  """The three nets in train mode (the reference never switches them)."""
+               style: str = 'cifar', num_channels: int = 3,
+               arch: str = 'resnet') -> tuple[nn.Module, nn.Module, nn.Module]:
+  """The three nets in train mode (the reference never switches them).
+
+  `arch='simple'` gives the plain nets of the paper's Table 1 (used for the
+  speed comparison; their layout is that of `networks/simple.py`).
+  """
+  if arch == 'simple':
+    return (SimpleGenerator(nz, ngf, image_size, num_channels).train(),
+            SimpleEBM(nef, image_size, num_channels).train(),
+            SimpleInference(nz, nif, image_size, num_channels).train())
   return (ResGenerator(nz, ngf, image_size, style, num_channels).train(),
           ResEBM(nef, image_size, style, num_channels).train(),
           ResInference(nz, nif, image_size, style, num_channels).train())
