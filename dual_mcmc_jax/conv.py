@@ -11,8 +11,11 @@ convolution with a standard `01io` kernel (see docs/performance.md).
 
 `conv2d` computes the same forward pass; its custom VJP materialises the
 flipped, in/out-swapped kernel (a copy of the small weight tensor) and calls
-an ordinary forward convolution (with `lhs_dilation` for strided
-convolutions), which XLA maps onto its fast convolution kernels. The kernel
+an ordinary forward convolution, which XLA maps onto its fast convolution
+kernels. For a stride-2 convolution that gradient convolves the output
+gradient dilated by 2, three quarters zeros, which XLA's CPU convolution
+multiplies too; it is computed as four quarter-kernel convolutions of the
+undilated gradient instead (`_dilated_conv_by_phases`). The kernel
 gradient keeps JAX's own rule, except for transposed (input-dilated)
 convolutions, whose autodiff kernel gradient is as slow on the CPU and is
 computed as a plain convolution of the explicitly dilated input instead.
@@ -61,6 +64,49 @@ def _conv(x: Array, w: Array, strides: Pair, padding: tuple[Pair, Pair],
                                   dimension_numbers=_DIMS)
 
 
+def _phase(x: Array, w: Array, pad: tuple[Pair, Pair],
+           out_size: Pair, r: Pair) -> Array:
+  """Output rows/cols r (mod 2) of a stride-1 conv of x dilated by 2.
+
+  Only every second kernel tap meets a non-zero of the dilated input: the
+  taps t = s (mod 2) with s = (pad_lo - r) mod 2. Output 2m + r reads input
+  m + c + u through tap 2u + s, with c = (r + s - pad_lo) / 2, so the phase
+  is a plain stride-1 conv of the undilated x with the sub-kernel w[s::2],
+  x cropped or padded to the rows it needs.
+  """
+  sub, cfg = w, []
+  for d in range(2):
+    s_d = (pad[d][0] - r[d]) % 2
+    c_d = (r[d] + s_d - pad[d][0]) // 2
+    taps = len(range(s_d, w.shape[d], 2))
+    m_d = (out_size[d] - r[d] + 1) // 2
+    sub = lax.slice_in_dim(sub, s_d, w.shape[d], 2, axis=d)
+    cfg.append((-c_d, m_d - 1 + c_d + taps - 1 - (x.shape[1 + d] - 1), 0))
+  xp = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), *cfg, (0, 0, 0)])
+  return _conv(xp, sub, (1, 1), ((0, 0), (0, 0)), (1, 1))
+
+
+def _dilated_conv_by_phases(x: Array, w: Array,
+                            padding: tuple[Pair, Pair]) -> Array:
+  """A stride-1 conv of x dilated by 2, without multiplying the zeros.
+
+  The input gradient of a stride-2 conv is such a conv of the output
+  gradient. The four output phases (even / odd rows and columns) are each a
+  plain conv with a quarter of the kernel (`_phase`), interleaved: a
+  quarter of the dilated conv's multiplications. Odd output sizes (none in
+  the nets) fall back to the dilated conv.
+  """
+  out = tuple((x.shape[1 + d] - 1) * 2 + 1 + sum(padding[d]) - w.shape[d] + 1
+              for d in range(2))
+  if out[0] % 2 or out[1] % 2:
+    return _conv(x, w, (1, 1), padding, (2, 2))
+  rows = [jnp.stack([_phase(x, w, padding, out, (rh, rw)) for rw in (0, 1)],
+                    axis=3) for rh in (0, 1)]
+  y = jnp.stack(rows, axis=2)
+  b, h2, _, w2, _, c = y.shape
+  return y.reshape(b, 2 * h2, 2 * w2, c)
+
+
 def _input_grad_padding(in_size: int, out_size: int, k: int, stride: int,
                         lhs_dilation: int, pad: Pair) -> Pair:
   """Padding of the forward conv that computes a conv's input gradient.
@@ -94,7 +140,10 @@ def _bwd(strides, padding, lhs_dilation, res, g):
   # Materialised on purpose: a transposed *view* is what XLA runs slowly.
   w_t = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)  # [kh, kw, out, in]
   # The roles of the window stride and the input dilation swap.
-  gx = _conv(g, w_t.astype(g.dtype), lhs_dilation, pads, strides)
+  if lhs_dilation == (1, 1) and strides == (2, 2):
+    gx = _dilated_conv_by_phases(g, w_t.astype(g.dtype), pads)
+  else:
+    gx = _conv(g, w_t.astype(g.dtype), lhs_dilation, pads, strides)
   if strides == (1, 1) and lhs_dilation != (1, 1):
     gw = _transposed_conv_kernel_grad(x, g, padding, lhs_dilation)
   else:

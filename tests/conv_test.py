@@ -137,3 +137,30 @@ def test_chains_agree_and_compile_without_transposed_kernel_layout(arch):
   # standard one.
   assert '01oi' in layouts(hlo['xla']), layouts(hlo['xla'])
   assert layouts(hlo['forward_conv']) <= {'01io'}, layouts(hlo['forward_conv'])
+
+
+@pytest.mark.parametrize('size,k,pad', [(8, 4, (2, 2)), (4, 4, (3, 3)),
+                                        (16, 3, (1, 1)), (8, 4, (1, 2)),
+                                        (5, 4, (2, 2)), (8, 5, (2, 2))])
+def test_dilated_conv_by_phases_equals_the_dilated_conv(size, k, pad):
+  """The stride-2 convs' input gradient: four quarter-kernel convs."""
+  x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
+  w = jax.random.normal(jax.random.key(1), (k, k, 3, 5))
+  expected = jax.lax.conv_general_dilated(
+      x, w, (1, 1), (pad, pad), lhs_dilation=(2, 2),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  got = conv._dilated_conv_by_phases(x, w, (pad, pad))
+  assert got.shape == expected.shape
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_pooled_sn_conv_equals_conv_then_average_pool():
+  """EbmBlock folds its 2x2 average pool into the preceding 3x3 conv."""
+  from dual_mcmc_jax.networks import layers  # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+  plain = layers.SNConv(5, 3, 1, 1)
+  pooled = layers.SNConv(5, 3, 1, 1, pool_after=True)
+  variables = plain.init(jax.random.key(1), x, False)
+  expected = layers.avg_pool2(plain.apply(variables, x, False))
+  np.testing.assert_allclose(pooled.apply(variables, x, False), expected,
+                             rtol=1e-5, atol=1e-6)

@@ -222,6 +222,11 @@ class SNConv(nn.Module):
   sn_steps: int = 1
   input_grad: str = 'auto'
   dtype: Dtype = jnp.float32
+  # Follow the conv by a 2x2 average pool, folded into the kernel: a stride-1
+  # conv then the pool equals one stride-2 conv with the kernel convolved
+  # with a 2x2 box / 4 (exact up to summation order, a quarter of the
+  # output positions).
+  pool_after: bool = False
 
   @nn.compact
   def __call__(self, x: Array, update_stats: bool) -> Array:
@@ -230,9 +235,14 @@ class SNConv(nn.Module):
                    (self.kernel, self.kernel, x.shape[-1], self.features))
     if self.spectral_norm:
       w = spectral_normalize(self, w, update_stats, self.sn_steps)
-    p = self.padding
+    p, stride = self.padding, self.stride
+    if self.pool_after:
+      w = 0.25 * jnp.pad(w, ((0, 1), (0, 1), (0, 0), (0, 0)))
+      w = w + jnp.roll(w, 1, 0)
+      w = w + jnp.roll(w, 1, 1)
+      stride = 2 * stride
     y = conv_lib.conv2d(x.astype(self.dtype), w.astype(self.dtype),
-                        (self.stride, self.stride), [(p, p), (p, p)],
+                        (stride, stride), [(p, p), (p, p)],
                         input_grad=self.input_grad)
     if self.use_bias:
       b = self.param('bias', torch_default_bias_init(fan_in), (self.features,))

@@ -102,9 +102,10 @@ class EbmBlock(nn.Module):
     h = x if self.first else nn.relu(x)
     h = conv(self.features, 3, 1, 'conv1')(h, update_stats)
     h = nn.relu(h)
-    h = conv(self.features, 3, 1, 'conv2')(h, update_stats)
-    if self.downsample:
-      h = avg_pool2(h)
+    h = SNConv(self.features, 3, 1, 1, spectral_norm=self.spectral_norm,
+               sn_steps=self.sn_steps, input_grad=self.conv_input_grad,
+               dtype=self.dtype, pool_after=self.downsample,
+               name='conv2')(h, update_stats)
     if self.first:
       s = conv(self.features, 1, 0, 'shortcut')(avg_pool2(x), update_stats)
     elif self.downsample or x.shape[-1] != self.features:
