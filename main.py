@@ -28,7 +28,6 @@ from absl import logging
 from ml_collections import config_flags
 
 from dual_mcmc_jax import checkpointing
-from dual_mcmc_jax import config_checks
 from dual_mcmc_jax import evaluate
 from dual_mcmc_jax import sharding
 from dual_mcmc_jax import train
@@ -128,7 +127,8 @@ def run(mode: str, config, workdir: str) -> None:
       no rollbacks left.
   """
   try:
-    config_checks.validate(config)
+    # Every mode checks the config itself (config_checks.validate) before
+    # anything is compiled, loaded or written.
     if mode == 'eval':
       evaluate.evaluate(config, workdir)
     elif mode == 'sample':

@@ -269,10 +269,7 @@ def benchmark_loop(config: ml_collections.ConfigDict, iters: int
   """The whole loop per iteration, fetching metrics every step or every N."""
   exp = experiment.build(config, steps_per_epoch=500)
   every = int(config.training.get('health_every_steps', 20))
-  rng = np.random.default_rng(0)
-  local = int(config.training.batch_size) // jax.process_count()
-  host_batch = rng.uniform(-1, 1, (local, *exp.models.data_shape)).astype(
-      np.float32)
+  host_batch = exp.synthetic_host_batch(0)
   state = exp.init_state()
   _, state = _timed_loop(exp, state, host_batch, 2, 1)  # Compiles.
   per_step, state = _timed_loop(exp, state, host_batch, iters, 1)

@@ -233,7 +233,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract: Any
 
 
 def abstract_state(models: networks.Models, optimizers: ts.Optimizers,
-                   seed: int) -> Any:
+                   seed: int, mesh: jax.sharding.Mesh | None = None) -> Any:
   """The structure of a train state, replicated over this run's devices.
 
   Shapes and dtypes only, nothing computed. The sharding is that of the
@@ -243,7 +243,8 @@ def abstract_state(models: networks.Models, optimizers: ts.Optimizers,
   """
   shapes = jax.eval_shape(
       lambda: ts.create_train_state(models, optimizers, seed))
-  replicated = sharding.replicated(sharding.data_mesh())
+  replicated = sharding.replicated(
+      sharding.data_mesh() if mesh is None else mesh)
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
       shapes)

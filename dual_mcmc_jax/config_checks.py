@@ -25,6 +25,7 @@ from dual_mcmc_jax import conv
 from dual_mcmc_jax import data
 from dual_mcmc_jax import langevin
 from dual_mcmc_jax import train_state as ts
+from dual_mcmc_jax import train_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,7 +163,7 @@ CHOICES = {
     'langevin_x.rule': langevin.RULES,
     'langevin_z.rule': langevin.RULES,
     'training.compute_dtype': tuple(ts.COMPUTE_DTYPES),
-    'training.x_chain_init': ('generator', 'noise'),
+    'training.x_chain_init': train_step.X_CHAIN_INITS,
 }
 
 
@@ -214,13 +215,9 @@ def _check_relations(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
         f'config.training.x_noise_low={t.x_noise_low} must be < '
         f'config.training.x_noise_high={t.x_noise_high}')
-  if (t.get('x_chain_init', 'generator') == 'generator' and
-      not t.get('generator_x_teaching', True) and
-      not t.get('generator_data_teaching', True)):
-    raise ValueError('config.training.generator_x_teaching and '
-                     'generator_data_teaching are both False, so the '
-                     'generator would learn nothing; for an EBM alone use '
-                     "config.training.x_chain_init='noise'")
+  if 'x_chain_init' in t:
+    # The step's own check: no generator signal without a noise start.
+    train_step.teaching_switches(t)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

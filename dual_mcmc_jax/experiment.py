@@ -19,6 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from dual_mcmc_jax import checkpointing
 from dual_mcmc_jax import config_checks
 from dual_mcmc_jax import networks
 from dual_mcmc_jax import sampling
@@ -56,17 +57,21 @@ class Experiment:
                               int(self.config.training.seed)), self.mesh)
 
   def abstract_state(self) -> Any:
-    """The state's structure (shapes and dtypes), nothing computed."""
-    seed = int(self.config.training.seed)
-    return jax.eval_shape(
-        lambda: ts.create_train_state(self.models, self.optimizers, seed))
+    """The state's structure (shapes, dtypes, sharding), nothing computed."""
+    return checkpointing.abstract_state(self.models, self.optimizers,
+                                        int(self.config.training.seed),
+                                        self.mesh)
 
-  def synthetic_batch(self, seed: int = 0) -> jax.Array:
-    """A uniform [-1, 1) global batch sharded over the mesh (benchmarks)."""
+  def synthetic_host_batch(self, seed: int = 0) -> np.ndarray:
+    """This process's part of a uniform [-1, 1) batch (benchmarks)."""
     local = int(self.config.training.batch_size) // jax.process_count()
     rng = np.random.default_rng(seed)
     x = rng.uniform(-1.0, 1.0, (local, *self.models.data_shape))
-    return sharding.shard_batch(x.astype(np.float32), self.mesh)
+    return x.astype(np.float32)
+
+  def synthetic_batch(self, seed: int = 0) -> jax.Array:
+    """`synthetic_host_batch`, sharded over the mesh as a global batch."""
+    return sharding.shard_batch(self.synthetic_host_batch(seed), self.mesh)
 
 
 def build(config: ml_collections.ConfigDict, *, steps_per_epoch: int = 1,

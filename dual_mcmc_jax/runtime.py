@@ -60,9 +60,8 @@ quiet_tensorflow()
 
 
 def configure() -> None:
-  """Chooses the CPU where a CUDA build has no GPU; quiets TensorFlow."""
+  """Chooses the CPU where a CUDA build is installed but finds no GPU."""
   global _CPU_REASON
-  quiet_tensorflow()
   if os.environ.get('JAX_PLATFORMS') or jax.config.jax_platforms:
     return
   if _cuda_plugin_installed() and _cuda_device_count() == 0:

@@ -275,9 +275,10 @@ class _Segment:
     self.loop = loop
     self.exp = exp
     t = exp.config.training
-    self.every = {name: int(t.get(f'{name}_every_steps', default))
-                  for name, default in (('log', 100), ('image', 1000),
-                                        ('checkpoint', 1000), ('health', 1))}
+    self.every = {name: int(t[f'{name}_every_steps'])
+                  for name in ('log', 'image', 'checkpoint')}
+    # A config written before the field existed: check every step.
+    self.every['health'] = int(t.get('health_every_steps', 1))
     self.grid_batch = None
     self.sample_key = jax.random.key(int(t.seed) + 1)
     self.pending: list[dict[str, jax.Array]] = []  # Since the last log.

@@ -50,7 +50,7 @@ def _apply_update(net: ts.NetState, grads: Any, tx: optax.GradientTransformation
 X_CHAIN_INITS = ('generator', 'noise')
 
 
-def _teaching_switches(training) -> tuple[bool, bool, bool, str]:
+def teaching_switches(training) -> tuple[bool, bool, bool, str]:
   """Reads and checks the ablation switches of `config.training`.
 
   Returns:
@@ -102,7 +102,7 @@ class _Settings:
     lc, t = config.loss, config.training
     sigma, prior_sigma = float(lc.sigma), float(lc.prior_sigma)
     w_rec, w_prior = langevin.z_energy_weights(lz.rule, sigma, prior_sigma)
-    z_revision, x_teaching, data_teaching, x_init = _teaching_switches(t)
+    z_revision, x_teaching, data_teaching, x_init = teaching_switches(t)
     return cls(
         lx=lx, lz=lz, sigma=sigma, prior_sigma=prior_sigma,
         g_factor=float(lc.g_factor), s_factor=float(lc.s_factor),

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from dual_mcmc_jax import config_checks
 from dual_mcmc_jax import data
 from dual_mcmc_jax import langevin
 from dual_mcmc_jax import networks
@@ -56,10 +57,8 @@ def num_or_all(n: int) -> int | None:
 def eval_batch_size(config: ml_collections.ConfigDict) -> int:
   """config.eval.batch_size, checked against the device count."""
   b = int(config.eval.batch_size)
-  n_dev = jax.device_count()
-  if b <= 0 or b % n_dev:
-    raise ValueError(f'config.eval.batch_size={b} must be a positive multiple '
-                     f'of the number of devices ({n_dev})')
+  config_checks.check_divisible(b, 'eval.batch_size', jax.device_count(),
+                                'devices')
   return b
 
 
