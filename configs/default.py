@@ -86,6 +86,10 @@ def get_config() -> ml_collections.ConfigDict:
   lx.noise = 0.001  # n_x (only used by the reference rule)
   # reference: x -= s^2/2 * dE/dx + n * eps.  paper: x -= s * dE/dx + sqrt(2s) eps.
   lx.rule = 'reference'
+  # Std of a Metropolis random-walk jump after every step of the EBM's
+  # negative chain (langevin.metropolis_jump); it lets a chain change mode.
+  # 0: no jumps (the reference).
+  lx.jump_std = 0.0
 
   # --- z-revision: Langevin on z under the generator posterior ----------
   config.langevin_z = lz = ml_collections.ConfigDict()
@@ -103,6 +107,9 @@ def get_config() -> ml_collections.ConfigDict:
   loss.i_factor = 0.1  # Ifactor
   # Divide the EBM loss by the Langevin temperature (n_x / s_x)^2.
   loss.ebm_temperature_scaling = True
+  # Energy-magnitude penalty weight: energy_l2 * (mean E(x)^2 + mean
+  # E(x_neg)^2) joins the EBM loss (Du & Mordatch 2019). 0: the reference.
+  loss.energy_l2 = 0.0
   # Stop when |mean E(x) - mean E(x_revised)| exceeds this (reference: 1e4).
   loss.energy_diff_limit = 1e4
 
@@ -149,6 +156,21 @@ def get_config() -> ml_collections.ConfigDict:
   # 'noise': uniform in [x_noise_low, x_noise_high] per coordinate, a single
   # x-chain, and only the EBM is trained (short-run MCMC, no generator).
   training.x_chain_init = 'generator'
+  # Start of the chain that makes the EBM's negatives (second x-chain):
+  # 'generator' (G(z), the reference) or 'data' (the data batch:
+  # contrastive divergence).
+  training.negative_chain_init = 'generator'
+  # The first `long_chains` of the EBM's negatives run `long_chain_steps`
+  # more Langevin steps (a few long chains mixed into the batch); 0: none.
+  training.long_chains = 0
+  training.long_chain_steps = 0
+  # Replay buffer (Du & Mordatch 2019): a `replay_fraction` of the EBM's
+  # negative chains continue from past negatives kept in a buffer of
+  # `replay_buffer_size` (started uniform in [x_noise_low, x_noise_high]),
+  # the rest start as above; the chains' ends go back into the buffer, which
+  # is part of the checkpoint. 0: no buffer (the reference).
+  training.replay_buffer_size = 0
+  training.replay_fraction = 0.95
   training.x_noise_low = -1.0  # The image range; configs/toy2d.py widens it.
   training.x_noise_high = 1.0
   training.log_every_steps = 100

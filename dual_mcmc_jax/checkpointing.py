@@ -233,7 +233,8 @@ def restore_latest(manager: ocp.CheckpointManager, abstract: Any
 
 
 def abstract_state(models: networks.Models, optimizers: ts.Optimizers,
-                   seed: int, mesh: jax.sharding.Mesh | None = None) -> Any:
+                   seed: int, mesh: jax.sharding.Mesh | None = None,
+                   replay: ts.ReplaySpec | None = None) -> Any:
   """The structure of a train state, replicated over this run's devices.
 
   Shapes and dtypes only, nothing computed. The sharding is that of the
@@ -242,7 +243,7 @@ def abstract_state(models: networks.Models, optimizers: ts.Optimizers,
   other way round.
   """
   shapes = jax.eval_shape(
-      lambda: ts.create_train_state(models, optimizers, seed))
+      lambda: ts.create_train_state(models, optimizers, seed, replay))
   replicated = sharding.replicated(
       sharding.data_mesh() if mesh is None else mesh)
   return jax.tree.map(
@@ -253,12 +254,13 @@ def abstract_state(models: networks.Models, optimizers: ts.Optimizers,
 def restore_or_create_state(manager: ocp.CheckpointManager,
                             models: networks.Models,
                             optimizers: ts.Optimizers,
-                            seed: int) -> ts.TrainState:
+                            seed: int, replay: ts.ReplaySpec | None = None
+                            ) -> ts.TrainState:
   """The newest restorable checkpoint of `manager`, else a fresh state."""
-  restored = restore_latest(manager,
-                            abstract_state(models, optimizers, seed))
+  restored = restore_latest(
+      manager, abstract_state(models, optimizers, seed, replay=replay))
   if restored is None:
-    return ts.create_train_state(models, optimizers, seed)
+    return ts.create_train_state(models, optimizers, seed, replay)
   step, state = restored
   logging.info('Resuming from checkpoint at step %d in %s', step,
                manager.directory)
@@ -286,7 +288,8 @@ def load_state(config: ml_collections.ConfigDict, workdir: str,
   # The optimiser state's structure does not depend on the schedule length.
   optimizers = ts.create_optimizers(config.optim, steps_per_epoch=1)
   manager = create_checkpoint_manager(workdir, 1_000_000)
-  abstract = abstract_state(models, optimizers, int(config.training.seed))
+  abstract = abstract_state(models, optimizers, int(config.training.seed),
+                            replay=ts.replay_spec(config))
   if step is not None:
     return models, manager.restore(step,
                                    args=ocp.args.StandardRestore(abstract))

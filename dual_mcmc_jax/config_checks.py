@@ -100,6 +100,7 @@ RULES = {
     'langevin_x.steps': POSITIVE_INT,
     'langevin_x.step_size': POSITIVE,
     'langevin_x.noise': NON_NEGATIVE,
+    'langevin_x.jump_std': NON_NEGATIVE,
     'langevin_z.steps': POSITIVE_INT,
     'langevin_z.step_size': POSITIVE,
     'langevin_z.noise': NON_NEGATIVE,
@@ -108,6 +109,7 @@ RULES = {
     'loss.g_factor': NON_NEGATIVE,
     'loss.s_factor': NON_NEGATIVE,
     'loss.i_factor': NON_NEGATIVE,
+    'loss.energy_l2': NON_NEGATIVE,
     'loss.energy_diff_limit': Rule(low=0, low_open=True, finite=False),
     'optim.lr_e': POSITIVE,
     'optim.lr_g': POSITIVE,
@@ -124,6 +126,10 @@ RULES = {
     # 0: train for num_epochs.
     'training.num_train_steps': NON_NEGATIVE_INT,
     'training.seed': NON_NEGATIVE_INT,
+    'training.long_chains': NON_NEGATIVE_INT,
+    'training.long_chain_steps': NON_NEGATIVE_INT,
+    'training.replay_buffer_size': NON_NEGATIVE_INT,
+    'training.replay_fraction': FRACTION,
     'training.x_noise_low': Rule(),
     'training.x_noise_high': Rule(),
     'training.log_every_steps': POSITIVE_INT,
@@ -164,6 +170,7 @@ CHOICES = {
     'langevin_z.rule': langevin.RULES,
     'training.compute_dtype': tuple(ts.COMPUTE_DTYPES),
     'training.x_chain_init': train_step.X_CHAIN_INITS,
+    'training.negative_chain_init': train_step.NEGATIVE_CHAIN_INITS,
 }
 
 
@@ -218,6 +225,9 @@ def _check_relations(config: ml_collections.ConfigDict) -> None:
   if 'x_chain_init' in t:
     # The step's own check: no generator signal without a noise start.
     train_step.teaching_switches(t)
+  if int(t.get('long_chains', 0)) > int(t.batch_size):
+    raise ValueError(f'config.training.long_chains={t.long_chains} must be '
+                     f'<= config.training.batch_size={t.batch_size}')
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

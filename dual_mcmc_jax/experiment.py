@@ -54,13 +54,15 @@ class Experiment:
     """A fresh state from `config.training.seed`, replicated over the mesh."""
     return sharding.replicate(
         ts.create_train_state(self.models, self.optimizers,
-                              int(self.config.training.seed)), self.mesh)
+                              int(self.config.training.seed),
+                              ts.replay_spec(self.config)), self.mesh)
 
   def abstract_state(self) -> Any:
     """The state's structure (shapes, dtypes, sharding), nothing computed."""
     return checkpointing.abstract_state(self.models, self.optimizers,
                                         int(self.config.training.seed),
-                                        self.mesh)
+                                        self.mesh,
+                                        ts.replay_spec(self.config))
 
   def synthetic_host_batch(self, seed: int = 0) -> np.ndarray:
     """This process's part of a uniform [-1, 1) batch (benchmarks)."""

@@ -48,11 +48,25 @@ class LangevinSettings:
   step_size: float
   noise: float = 0.0
   rule: str = 'reference'
+  # Std of the Metropolis jump proposed after every step; 0: no jumps.
+  jump_std: float = 0.0
 
   @classmethod
   def from_config(cls, cfg) -> 'LangevinSettings':
     return cls(steps=int(cfg.steps), step_size=float(cfg.step_size),
-               noise=float(cfg.noise), rule=str(cfg.rule))
+               noise=float(cfg.noise), rule=str(cfg.rule),
+               jump_std=float(cfg.get('jump_std', 0.0)))
+
+  @property
+  def temperature(self) -> float:
+    """T such that the chain is Langevin dynamics for exp(-U / T).
+
+    A step x -= c dU/dx + sigma eps is the Euler step of Langevin dynamics
+    for exp(-U / T) with c = sigma^2 / (2 T): T = sigma^2 / (2 c), which is
+    n^2 / s^2 for the reference rule and 1 for the paper's.
+    """
+    coef, noise_std = step_coefficients(self)
+    return noise_std * noise_std / (2.0 * coef)
 
 
 def step_coefficients(settings: LangevinSettings) -> tuple[float, float]:
@@ -85,7 +99,8 @@ def langevin(energy_fn: EnergyFn,
              settings: LangevinSettings,
              aux: Any = None,
              mask: Array | None = None,
-             noise_scale: float | Array = 1.0
+             noise_scale: float | Array = 1.0,
+             energies_fn: Callable[[Array, Any], Array] | None = None
              ) -> tuple[Array, Any, ChainInfo]:
   """Runs `settings.steps` Langevin updates from `x0`.
 
@@ -100,11 +115,14 @@ def langevin(energy_fn: EnergyFn,
       observed and held fixed at `x0` (inpainting).
     noise_scale: multiplies the noise (0 gives deterministic gradient
       descent, used by the agreement tests).
+    energies_fn: `(x, aux) -> per-example energies [B]`, needed when
+      `settings.jump_std > 0` (`metropolis_jump`).
 
   Returns:
     (samples with gradients stopped, final aux, ChainInfo).
   """
-  step = _make_step(energy_fn, x0, key, settings, mask, noise_scale)
+  step = _make_step(energy_fn, x0, key, settings, mask, noise_scale,
+                    energies_fn)
   batch = x0.shape[0]
 
   def body(i, carry):
@@ -122,17 +140,52 @@ def langevin(energy_fn: EnergyFn,
           ChainInfo(energy_start=e_start, energy_last=e_last, grad_norm=gnorm))
 
 
+def metropolis_jump(energies_fn: Callable[[Array, Any], Array], x: Array,
+                    aux: Any, key: Array, std: float,
+                    temperature: float) -> Array:
+  """One Metropolis step with a Gaussian random-walk proposal of `std`.
+
+  Each example proposes x' = x + std * eps and moves there with probability
+  min(1, exp((E(x) - E(x')) / T)), which leaves exp(-E / T) exactly
+  invariant. With a proposal as wide as the gaps between modes, a chain can
+  change mode, which Langevin steps at a low temperature never do.
+
+  Args:
+    energies_fn: `(x, aux) -> per-example energies [B]`.
+    x: current points [B, ...].
+    aux: state the energy reads (not updated).
+    key: PRNG key.
+    std: proposal standard deviation.
+    temperature: T of the target exp(-E / T).
+
+  Returns:
+    The new points.
+  """
+  k_prop, k_accept = jax.random.split(key)
+  proposal = x + std * jax.random.normal(k_prop, x.shape, x.dtype)
+  log_ratio = (energies_fn(x, aux) - energies_fn(proposal, aux)) / temperature
+  log_u = jnp.log(jax.random.uniform(k_accept, log_ratio.shape))
+  accept = (log_u < log_ratio).reshape((-1,) + (1,) * (x.ndim - 1))
+  return jnp.where(accept, proposal, x)
+
+
 def _make_step(energy_fn: EnergyFn, x0: Array, key: Array,
                settings: LangevinSettings, mask: Array | None,
-               noise_scale: float | Array
+               noise_scale: float | Array,
+               energies_fn: Callable[[Array, Any], Array] | None = None
                ) -> Callable[[Array, Array, Any], tuple[Array, Any, Array,
                                                          Array]]:
   """One update `step(i, x, aux) -> (x_new, aux, energy at x, grad at x)`.
 
   Shared by `langevin` and `trajectory` so that both follow the same chain.
+  With `settings.jump_std > 0` a `metropolis_jump` follows each step.
   """
   coef, noise_std = step_coefficients(settings)
   grad_fn = jax.value_and_grad(energy_fn, has_aux=True)
+  jumps = settings.jump_std > 0
+  if jumps and (energies_fn is None or mask is not None):
+    raise ValueError('Metropolis jumps (jump_std > 0) need per-example '
+                     'energies and cannot hold observed values fixed')
 
   def step(i, x, aux):
     (energy, aux), grad = grad_fn(x, aux)
@@ -140,6 +193,11 @@ def _make_step(energy_fn: EnergyFn, x0: Array, key: Array,
     x_new = x - coef * grad + (noise_std * noise_scale) * eps
     if mask is not None:
       x_new = jnp.where(mask, x0, x_new)
+    if jumps:
+      x_new = metropolis_jump(
+          energies_fn, x_new, aux,
+          jax.random.fold_in(jax.random.fold_in(key, i), 1),
+          settings.jump_std, settings.temperature)
     return x_new, aux, energy, grad
 
   return step

@@ -120,7 +120,7 @@ def ebm_temperature(step_size: float, noise: float, enabled: bool) -> float:
 
 def ebm_loss(params: Any, sn_state: dict[str, Any],
              ebm_apply: Callable[..., Any], x: Array, x_neg: Array,
-             temperature: float
+             temperature: float, energy_l2: float = 0.0
              ) -> tuple[Array, tuple[dict[str, Any], dict[str, Array]]]:
   """Maximum-likelihood EBM objective with MCMC-revised negatives.
 
@@ -131,6 +131,9 @@ def ebm_loss(params: Any, sn_state: dict[str, Any],
     x: data batch (positives).
     x_neg: x-revised samples (negatives, constant).
     temperature: the loss is divided by this.
+    energy_l2: weight of the energy-magnitude penalty
+      mean(E(x)^2) + mean(E(x_neg)^2) added to the loss (Du & Mordatch,
+      2019); 0 (the reference) adds nothing.
 
   Returns:
     (loss, (new sn_state, metrics)).
@@ -142,6 +145,9 @@ def ebm_loss(params: Any, sn_state: dict[str, Any],
                         update_stats=True, mutable=['batch_stats'])
   diff = jnp.mean(e_pos) - jnp.mean(e_neg)
   loss = diff / temperature
+  if energy_l2:
+    loss = loss + energy_l2 * (jnp.mean(jnp.square(e_pos)) +
+                               jnp.mean(jnp.square(e_neg)))
   return loss, (dict(vs), {'loss_e': loss, 'energy_data': jnp.mean(e_pos),
                            'energy_x_revised': jnp.mean(e_neg),
                            'energy_diff': diff})

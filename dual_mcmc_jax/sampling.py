@@ -37,7 +37,13 @@ def revise_x(models: networks.Models, ebm: ts.NetState, x0: Array, key: Array,
              ) -> tuple[Array, dict[str, Any], langevin.ChainInfo]:
   """x-revision of `x0` under the EBM; returns (x1, new EBM state, info)."""
   fn = langevin.x_energy_fn(models.ebm.apply, ebm.params)
-  return langevin.langevin(fn, x0, key, settings, aux=ebm.state, mask=mask)
+
+  def energies(x, sn_state):
+    return models.ebm.apply({'params': ebm.params, **sn_state}, x,
+                            update_stats=False)
+
+  return langevin.langevin(fn, x0, key, settings, aux=ebm.state, mask=mask,
+                           energies_fn=energies)
 
 
 def infer_z(models: networks.Models, inf: ts.NetState, x: Array,

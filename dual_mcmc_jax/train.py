@@ -175,7 +175,7 @@ def _restore(loop: _Loop) -> ts.TrainState:
   optimizers = ts.create_optimizers(loop.config.optim, loop.steps_per_epoch)
   return checkpointing.restore_or_create_state(
       loop.manager, ts.create_models(loop.config), optimizers,
-      int(loop.config.training.seed))
+      int(loop.config.training.seed), ts.replay_spec(loop.config))
 
 
 def _roll_back(loop: _Loop, rollbacks: list[recovery.Rollback],

@@ -9,8 +9,10 @@ initial state.
 `TrainState` is a plain pytree (checkpointed whole by orbax): per network its
 parameters, its mutable collections (`batch_stats`: BatchNorm statistics in
 the generator, spectral-norm vectors in the EBM) and its optimiser state, plus
-the step and the run's base PRNG key (raw key data, so that it serialises).
-Per-step randomness is derived from (key, step), never stored.
+the step and the run's base PRNG key (raw key data, so that it serialises),
+and, only when `config.training.replay_buffer_size > 0`, the replay buffer
+of the EBM's negatives (`ReplaySpec`). Per-step randomness is derived from
+(key, step), never stored.
 
 Optimisers follow the reference: Adam with betas (0, 0.9), PyTorch-style
 *coupled* weight decay (`wd * param` added to the gradient before the Adam
@@ -124,6 +126,28 @@ class TrainState:
   gen: NetState
   inf: NetState
   rng: Array  # uint32 key data of the run's base key
+  # [replay_buffer_size, *data_shape] past negatives, or None (no buffer:
+  # the state, and its checkpoints, are those of a run without one).
+  replay: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplaySpec:
+  """The replay buffer of `config.training` (`replay_spec`)."""
+  size: int
+  fraction: float  # Share of negative chains continued from the buffer.
+  low: float  # The buffer starts uniform in [low, high) per coordinate.
+  high: float
+
+
+def replay_spec(config) -> ReplaySpec | None:
+  """The config's replay buffer, or None when it has none."""
+  t = config.training
+  size = int(t.get('replay_buffer_size', 0))
+  if size <= 0:
+    return None
+  return ReplaySpec(size=size, fraction=float(t.replay_fraction),
+                    low=float(t.x_noise_low), high=float(t.x_noise_high))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,25 +198,32 @@ def _net_state(variables: dict[str, Any],
 
 
 def create_train_state(models: networks.Models, optimizers: Optimizers,
-                       seed: int) -> TrainState:
+                       seed: int, replay: ReplaySpec | None = None
+                       ) -> TrainState:
   """Initialises networks and optimiser states from `seed`.
 
   Args:
     models: the three modules.
     optimizers: their optimisers.
     seed: the run's seed; network init and the base key both derive from it.
+    replay: the replay buffer (`replay_spec(config)`), or None.
 
   Returns:
     A fresh TrainState at step 0.
   """
   init_key, run_key = _seed_keys(seed)
   variables = networks.init_models(models, init_key)
+  buffer = None
+  if replay is not None:
+    buffer = jax.random.uniform(
+        jax.random.fold_in(init_key, 1), (replay.size, *models.data_shape),
+        jnp.float32, replay.low, replay.high)
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       ebm=_net_state(variables['ebm'], optimizers.ebm),
       gen=_net_state(variables['gen'], optimizers.gen),
       inf=_net_state(variables['inf'], optimizers.inf),
-      rng=jax.random.key_data(run_key))
+      rng=jax.random.key_data(run_key), replay=buffer)
 
 
 def _seed_keys(seed: int) -> tuple[Array, Array]:

@@ -48,6 +48,7 @@ def _apply_update(net: ts.NetState, grads: Any, tx: optax.GradientTransformation
 
 
 X_CHAIN_INITS = ('generator', 'noise')
+NEGATIVE_CHAIN_INITS = ('generator', 'data')
 
 
 def teaching_switches(training) -> tuple[bool, bool, bool, str]:
@@ -73,6 +74,15 @@ def teaching_switches(training) -> tuple[bool, bool, bool, str]:
   return z_revision, x_teaching, data_teaching, x_init
 
 
+def negative_chain_init(training) -> str:
+  """Checks and returns `config.training.negative_chain_init`."""
+  init = str(training.negative_chain_init)
+  if init not in NEGATIVE_CHAIN_INITS:
+    raise ValueError(f'config.training.negative_chain_init={init!r} is '
+                     f'unknown; allowed: {", ".join(NEGATIVE_CHAIN_INITS)}')
+  return init
+
+
 @dataclasses.dataclass(frozen=True)
 class _Settings:
   """The config fields the step reads, read once outside the trace."""
@@ -84,6 +94,7 @@ class _Settings:
   s_factor: float
   i_factor: float
   temperature: float
+  energy_l2: float
   second_chain: bool
   diff_limit: float
   w_rec: float
@@ -94,6 +105,10 @@ class _Settings:
   x_init: str
   noise_low: float
   noise_high: float
+  negative_init: str = 'generator'
+  long_chains: int = 0
+  long_chain_steps: int = 0
+  replay: ts.ReplaySpec | None = None
 
   @classmethod
   def from_config(cls, config) -> '_Settings':
@@ -109,11 +124,16 @@ class _Settings:
         i_factor=float(lc.i_factor),
         temperature=losses.ebm_temperature(lx.step_size, lx.noise,
                                            bool(lc.ebm_temperature_scaling)),
+        energy_l2=float(lc.energy_l2),
         second_chain=bool(t.second_x_chain),
         diff_limit=float(lc.energy_diff_limit), w_rec=w_rec, w_prior=w_prior,
         z_revision=z_revision, x_teaching=x_teaching,
         data_teaching=data_teaching, x_init=x_init,
-        noise_low=float(t.x_noise_low), noise_high=float(t.x_noise_high))
+        noise_low=float(t.x_noise_low), noise_high=float(t.x_noise_high),
+        negative_init=negative_chain_init(t),
+        long_chains=int(t.long_chains),
+        long_chain_steps=int(t.long_chain_steps),
+        replay=ts.replay_spec(config))
 
 
 def make_train_step(config, models: networks.Models,
@@ -164,7 +184,7 @@ class _Step:
     (_, (ebm_sn, m_e)), e_grads = jax.value_and_grad(
         losses.ebm_loss, has_aux=True)(
             state.ebm.params, ebm_sn, self.models.ebm.apply, x, x_neg,
-            self.s.temperature)
+            self.s.temperature, self.s.energy_l2)
     m_e.update(x_chain_energy_start=info.energy_start / x.shape[0],
                x_chain_energy_end=m_e['energy_x_revised'],
                x_chain_grad_norm=info.grad_norm)
@@ -172,7 +192,7 @@ class _Step:
                          ebm_sn), m_e
 
   def finish(self, state: ts.TrainState, metrics: Metrics,
-             **nets: ts.NetState) -> tuple[ts.TrainState, Metrics]:
+             **fields: Any) -> tuple[ts.TrainState, Metrics]:
     """Learning rates and the health flag into `metrics`; step + 1."""
     opt = self.optimizers
     metrics.update(lr_e=opt.lr_ebm(state.step), lr_g=opt.lr_gen(state.step),
@@ -181,7 +201,7 @@ class _Step:
         jnp.isfinite(metrics[k]) for k in ('loss_g', 'loss_i', 'loss_e')]))
     metrics['healthy'] = jnp.logical_and(
         finite, jnp.abs(metrics['energy_diff']) <= self.s.diff_limit)
-    return state.replace(step=state.step + 1, **nets), metrics
+    return state.replace(step=state.step + 1, **fields), metrics
 
   def noise_init_step(self, state: ts.TrainState,
                       batch: Array) -> tuple[ts.TrainState, Metrics]:
@@ -190,6 +210,7 @@ class _Step:
     k_init, k_x = jax.random.split(ts.step_key(state))
     x0 = jax.random.uniform(k_init, x.shape, jnp.float32, self.s.noise_low,
                             self.s.noise_high)
+    x0, slots = self.from_replay(state, x0, k_x)
     x_neg, ebm_sn, info = sampling.revise_x(self.models, state.ebm, x0, k_x,
                                             self.s.lx)
     ebm, m_e = self.ebm_update(state, ebm_sn, x, x_neg, info)
@@ -197,7 +218,8 @@ class _Step:
     # training loop reports and checks.
     metrics = {**m_e, 'loss_g': jnp.zeros((), jnp.float32),
                'loss_i': jnp.zeros((), jnp.float32)}
-    return self.finish(state, metrics, ebm=ebm)
+    return self.finish(state, metrics, ebm=ebm,
+                       **self.to_replay(state, slots, x_neg))
 
   def dual_step(self, state: ts.TrainState,
                 batch: Array) -> tuple[ts.TrainState, Metrics]:
@@ -207,7 +229,10 @@ class _Step:
     # 1. Generator proposal and its x-revision under the current EBM.
     z = jax.random.normal(k_z, (x.shape[0], models.nz), jnp.float32)
     x0, gen_bn = sampling.generate(models, state.gen, z)
-    x1, ebm_sn, info_x1 = sampling.revise_x(models, state.ebm, x0, k_x1, s.lx)
+    # Metropolis jumps (langevin_x.jump_std) only move the EBM's negatives:
+    # a jump to another mode would pull G(z) towards the midpoint of two.
+    x1, ebm_sn, info_x1 = sampling.revise_x(
+        models, state.ebm, x0, k_x1, dataclasses.replace(s.lx, jump_std=0.0))
     # 2. Inference proposal and its z-revision under the current generator.
     z1, gen_bn, chain_metrics = self.z_revision(state, gen_bn, x, k_q, k_zc)
     # 3. Generator update.
@@ -219,18 +244,60 @@ class _Step:
     # 4. Inference update.
     inf, m_i = self.inference_update(state, x, z, z1, x1)
     # 5. EBM update, negatives from a second chain off the updated generator.
-    if s.second_chain:
-      x0_neg, gen_bn = sampling.generate(models, gen, z)
-      gen = gen.replace(state=gen_bn)
+    if s.negative_init == 'data' or s.second_chain:
+      if s.negative_init == 'data':
+        x0_neg = x
+      else:
+        x0_neg, gen_bn = sampling.generate(models, gen, z)
+        gen = gen.replace(state=gen_bn)
+      x0_neg, slots = self.from_replay(state, x0_neg, k_x2)
       x_neg, ebm_sn, info_neg = sampling.revise_x(
           models, state.ebm.replace(state=ebm_sn), x0_neg, k_x2, s.lx)
     else:
-      x_neg, info_neg = x1, info_x1
+      x_neg, info_neg, slots = x1, info_x1, None
+    x_neg, ebm_sn = self.lengthen_chains(state, ebm_sn, x_neg, k_x2)
     ebm, m_e = self.ebm_update(state, ebm_sn, x, x_neg, info_neg)
     metrics = {**m_g, **m_i, **m_e, **chain_metrics}
     if 'z_chain_rec_start' in metrics:
       metrics['z_chain_rec_end'] = m_g['g_rec_after_z_chain']
-    return self.finish(state, metrics, ebm=ebm, gen=gen, inf=inf)
+    return self.finish(state, metrics, ebm=ebm, gen=gen, inf=inf,
+                       **self.to_replay(state, slots, x_neg))
+
+  def from_replay(self, state: ts.TrainState, x0: Array, key: Array
+                  ) -> tuple[Array, Array | None]:
+    """Restarts a `replay.fraction` of the chains from the replay buffer.
+
+    Returns:
+      (chain starts, the buffer slots drawn or None without a buffer).
+    """
+    replay = self.s.replay
+    if replay is None:
+      return x0, None
+    k_slot, k_pick = jax.random.split(jax.random.fold_in(key, 2))
+    slots = jax.random.randint(k_slot, (x0.shape[0],), 0, replay.size)
+    pick = jax.random.uniform(k_pick, (x0.shape[0],)) < replay.fraction
+    pick = pick.reshape((-1,) + (1,) * (x0.ndim - 1))
+    return jnp.where(pick, state.replay[slots], x0), slots
+
+  def to_replay(self, state: ts.TrainState, slots: Array | None,
+                x_neg: Array) -> dict[str, Array]:
+    """The buffer with the chains' ends written back to their slots."""
+    if slots is None:
+      return {}
+    return {'replay': state.replay.at[slots].set(x_neg)}
+
+  def lengthen_chains(self, state: ts.TrainState, ebm_sn: dict[str, Any],
+                      x_neg: Array, key: Array
+                      ) -> tuple[Array, dict[str, Any]]:
+    """Runs `long_chain_steps` more steps on the first `long_chains` negatives."""
+    s = self.s
+    if not s.long_chains:
+      return x_neg, ebm_sn
+    head, ebm_sn, _ = sampling.revise_x(
+        self.models, state.ebm.replace(state=ebm_sn), x_neg[:s.long_chains],
+        jax.random.fold_in(key, 1),
+        dataclasses.replace(s.lx, steps=s.long_chain_steps))
+    return x_neg.at[:s.long_chains].set(head), ebm_sn
 
   def z_revision(self, state: ts.TrainState, gen_bn: dict[str, Any],
                  x: Array, k_q: Array, k_zc: Array

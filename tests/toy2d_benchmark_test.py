@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks import heldout2d
 from benchmarks import toy2d as bench
 from configs import toy2d as toy2d_config
 from dual_mcmc_jax import networks
@@ -44,8 +45,13 @@ def test_scorer_gives_zero_divergence_for_the_true_energy():
   config = toy2d_config.get_config()
   config.training.x_chain_init = 'noise'  # No generator needed.
   config.langevin_x.steps = 5
+  assert bench.chain_temperature(config) == pytest.approx(1.0)  # paper rule
+  # The reference rule at n_x = 0.01, s_x = 0.1 samples T = (n_x / s_x)^2.
+  config.langevin_x.rule = 'reference'
+  config.langevin_x.step_size = 0.1
+  config.langevin_x.noise = 0.01
+  config.langevin_x.jump_std = 0.0
   temperature = bench.chain_temperature(config)
-  # configs/toy2d.py: n_x = 0.01, s_x = 0.1, so T = (n_x / s_x)^2.
   assert temperature == pytest.approx(0.01)
   models = networks.Models(ebm=ExactEightGaussiansEnergy(temperature),
                            gen=None,
@@ -61,6 +67,9 @@ def test_scorer_gives_zero_divergence_for_the_true_energy():
   assert numbers['kl'] == pytest.approx(0.0, abs=1e-4)
   assert numbers['tv'] == pytest.approx(0.0, abs=1e-3)
   assert numbers['num_modes'] == 8
+  # The exact energy puts the true weight on every mode.
+  np.testing.assert_allclose(numbers['mode_masses'], 1 / 8, atol=1e-4)
+  assert numbers['mode_mass_tv'] < 1e-3
   assert arrays['generator'] is None and numbers['ed_generator'] is None
   assert np.all(np.isfinite(arrays['revised']))
   # Normalising exp(-E) (T = 1) would score a far flatter density.
@@ -88,28 +97,71 @@ def test_variant_configs_and_their_gradient_budgets():
       'cooperative': {'ebm': 2 * x, 'generator': 0},
       # The noise-initialised chain gets both x-chains' EBM gradients.
       'noise_init_ebm': {'ebm': 2 * x, 'generator': 0},
+      'no_jumps': {'ebm': 2 * x, 'generator': z},
+      'no_energy_l2': {'ebm': 2 * x, 'generator': z},
+      # 32 of 256 negatives run 300 more steps: 37.5 batch-steps.
+      'long_chains': {'ebm': 2 * x + 38, 'generator': z},
+      'replay': {'ebm': 2 * x, 'generator': z},
+      'data_negatives': {'ebm': 2 * x, 'generator': z},
+      'reference_chain': {'ebm': 2 * x, 'generator': z},
   }
   assert base.langevin_x.steps == x  # The base config is left alone.
+  assert bench.variant_config(base, 'no_jumps').langevin_x.jump_std == 0
   with pytest.raises(ValueError, match='allowed: full'):
     bench.variant_config(base, 'no_ebm')
 
 
+def test_heldout_densities_are_normalised_and_match_their_samples():
+  points, area = density2d.grid(180)
+  for name in heldout2d.NAMES:
+    log_p = heldout2d.log_density(name, points)
+    assert np.exp(log_p).sum() * area == pytest.approx(1.0, abs=2e-3)
+    # Samples land where the density is: their mean log-density is close
+    # to minus the entropy estimated from the grid.
+    x = heldout2d.sample(name, 20000, np.random.default_rng(0))
+    entropy = -np.sum(np.exp(log_p) * log_p) * area
+    assert np.mean(heldout2d.log_density(name, x)) == pytest.approx(
+        -entropy, abs=0.05)
+  centres, weights = heldout2d.modes('unequal3')
+  x = heldout2d.sample('unequal3', 20000, np.random.default_rng(1))
+  nearest = np.argmin(np.linalg.norm(x[:, None] - centres[None], axis=-1), 1)
+  np.testing.assert_allclose(np.bincount(nearest) / len(x), weights,
+                             atol=0.01)
+
+
 def test_tiny_benchmark_run_writes_table_and_figures(tmp_path):
   out = str(tmp_path)
-  rows = bench.run_benchmark(['8gaussians'], ['full', 'noise_init_ebm'],
-                             steps=3, batch_size=32, num=36,
-                             num_samples=100, seed=0, out_dir=out)
-  assert [r['variant'] for r in rows] == ['full', 'noise_init_ebm']
+  config = toy2d_config.get_config()
+  config.model.mlp_hidden = 16
+  config.langevin_x.steps = 3
+  config.langevin_z.steps = 3
+  config.data.toy2d_num_points = 512
+  rows = bench.run_benchmark(['8gaussians', 'unequal3'],
+                             ['full', 'noise_init_ebm'], seeds=[0, 1],
+                             num=36, num_samples=100, out_dir=out,
+                             config=config, steps=3, batch_size=32)
+  assert [(r['density'], r['variant'], r['seed']) for r in rows] == [
+      (d, v, s) for d in ('8gaussians', 'unequal3')
+      for v in ('full', 'noise_init_ebm') for s in (0, 1)]
   for r in rows:
     assert r['diverged_at'] is None
     assert r['kl'] >= 0 and 0 <= r['tv'] <= 1
-    assert np.isfinite(r['ed_revised']) and r['modes_revised'] >= 0
+    assert np.isfinite(r['ed_revised'])
+    assert len(r['mode_masses']) == r['num_modes']
   assert rows[0]['ed_generator'] is not None
-  assert rows[1]['ed_generator'] is None
+  assert rows[2]['ed_generator'] is None
+  # The held-out density went through an npz file.
+  assert os.path.exists(os.path.join(out, 'heldout_unequal3_0_512.npz'))
   with open(os.path.join(out, 'toy2d_benchmark.json')) as f:
     assert json.load(f)['rows'] == json.loads(json.dumps(rows))
   with open(os.path.join(out, 'toy2d_benchmark.md')) as f:
     table = f.read()
-  assert '| 8gaussians | full |' in table and 'noise_init_ebm' in table
-  for name in ('toy2d_8gaussians.png', 'toy2d_benchmark.png'):
+  tv = [r['tv'] for r in rows[:2]]
+  assert (f'| 8gaussians | full | 2 | ' in table and
+          f'{np.mean(tv):.2f} ± {np.std(tv):.2f}' in table)
+  assert '| unequal3 | noise_init_ebm | 2 |' in table
+  for name in ('toy2d_8gaussians.png', 'toy2d_unequal3.png',
+               'toy2d_benchmark.png'):
     assert os.path.getsize(os.path.join(out, name)) > 1000
+  merged = bench.merge_runs([out], os.path.join(out, 'merged'))
+  assert merged == rows
