@@ -602,14 +602,6 @@ def summary_figure(path: str, results: dict[str, dict[str, dict[str, Any]]],
 # --- Table -------------------------------------------------------------------
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
-  if value is None:
-    return '-'
-  if isinstance(value, float):
-    return f'{value:.{digits}f}'
-  return str(value)
-
-
 _SCORES = ('kl', 'tv', 'mode_mass_tv', 'ed_generator', 'ed_revised')
 
 

@@ -157,7 +157,7 @@ def test_tiny_benchmark_run_writes_table_and_figures(tmp_path):
   with open(os.path.join(out, 'toy2d_benchmark.md')) as f:
     table = f.read()
   tv = [r['tv'] for r in rows[:2]]
-  assert (f'| 8gaussians | full | 2 | ' in table and
+  assert ('| 8gaussians | full | 2 | ' in table and
           f'{np.mean(tv):.2f} ± {np.std(tv):.2f}' in table)
   assert '| unequal3 | noise_init_ebm | 2 |' in table
   for name in ('toy2d_8gaussians.png', 'toy2d_unequal3.png',
