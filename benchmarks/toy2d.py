@@ -53,7 +53,7 @@ itself; the ablations remove one teaching signal (`no_z_revision`,
 `no_x_teaching`, `cooperative`, `noise_init_ebm`); the remedy rows turn the
 config's Metropolis jumps or energy penalty off, or replace the jumps by
 another remedy for separated modes (`long_chains`, `replay`,
-`data_negatives`); `reference_chain` uses the image configs' chain rule and
+`data_negatives`), or add a replay buffer to wider jumps (`replay_jumps`); `reference_chain` uses the image configs' chain rule and
 loss (the toy config before these remedies).
 
 Budget: every variant of a row runs the same iterations at the same batch
@@ -64,7 +64,8 @@ Outputs in `--out_dir`: toy2d_benchmark.json (every number of every seed),
 toy2d_benchmark.md (the table: mean +- standard deviation over seeds, and
 the lowest variant per density), toy2d_<density>.png (per variant, first
 seed: true density, learned density, generator samples, revised samples),
-toy2d_benchmark.png (all densities in one figure),
+toy2d_benchmark.png (all densities and variants in one figure),
+toy2d_densities.png (truth and learned density of `full`, the README's),
 arrays_<density>_<variant>_<seed>.npz (grid densities and samples).
 `--merge_from` combines the outputs of runs made in parallel.
 """
@@ -157,8 +158,14 @@ VARIANTS: dict[str, tuple[tuple[tuple[str, str, Any], ...], str]] = {
     'long_chains': ((_NO_JUMPS, ('training', 'long_chains', 32),
                      ('training', 'long_chain_steps', 300)),
                     'no jumps; 32 negatives run 300 more steps'),
-    'replay': ((_NO_JUMPS, ('training', 'replay_buffer_size', 10_000)),
-               'no jumps; negatives continue chains from a replay buffer'),
+    'replay': ((_NO_JUMPS, ('training', 'replay_buffer_size', 2560)),
+               'no jumps; 95% of negative chains continue from a replay '
+               'buffer'),
+    'replay_jumps': ((('training', 'replay_buffer_size', 2560),
+                      ('training', 'replay_fraction', 1.0),
+                      ('langevin_x', 'jump_std', 3.0)),
+                     'all negative chains continue from a replay buffer, '
+                     'with jumps of std 3'),
     'data_negatives': ((_NO_JUMPS,
                         ('training', 'negative_chain_init', 'data')),
                        'no jumps; negative chains start at the data'),
@@ -599,6 +606,38 @@ def summary_figure(path: str, results: dict[str, dict[str, dict[str, Any]]],
   plt.close(fig)
 
 
+def densities_figure(path: str, results: dict[str, dict[str, dict[str, Any]]],
+                     num: int, variant: str = 'full') -> None:
+  """Truth above, the learned exp(-E / T) / Z below, one column per density.
+
+  Args:
+    path: PNG to write.
+    results: density -> variant -> {'numbers', 'arrays'}.
+    num: grid cells per axis.
+    variant: the variant shown (the first one where it is missing).
+  """
+  plt = _plt()
+  fig, axes = plt.subplots(2, len(results),
+                           figsize=(1.45 * len(results), 3.1), squeeze=False)
+  for col, (name, runs) in enumerate(results.items()):
+    run = runs.get(variant) or next(iter(runs.values()))
+    _density_panel(axes[0, col], run['arrays']['true_log_p'], num, name)
+    _density_panel(axes[1, col], run['arrays']['model_log_p'], num,
+                   f'learned: TV {run["numbers"]["tv"]:.2f}')
+  fig.tight_layout(pad=0.3)
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+def _figures(out_dir: str, results: dict[str, dict[str, dict[str, Any]]],
+             num: int) -> None:
+  for name, runs in results.items():
+    density_figure(os.path.join(out_dir, f'toy2d_{name}.png'), name, runs,
+                   num)
+  summary_figure(os.path.join(out_dir, 'toy2d_benchmark.png'), results, num)
+  densities_figure(os.path.join(out_dir, 'toy2d_densities.png'), results, num)
+
+
 # --- Table -------------------------------------------------------------------
 
 
@@ -775,9 +814,7 @@ def run_benchmark(densities: list[str], variants: list[str],
         results[name].setdefault(variant, {'numbers': run['row'],
                                            'arrays': run['arrays']})
         _write_tables(out_dir, rows, time.perf_counter() - start)
-    density_figure(os.path.join(out_dir, f'toy2d_{name}.png'), name,
-                   results[name], num)
-  summary_figure(os.path.join(out_dir, 'toy2d_benchmark.png'), results, num)
+  _figures(out_dir, results, num)
   return rows
 
 
@@ -821,10 +858,7 @@ def merge_runs(sources: list[str], out_dir: str) -> list[dict[str, Any]]:
   num = int(round(math.sqrt(len(next(iter(
       next(iter(results.values())).values()))['arrays']['model_log_p']))))
   _write_tables(out_dir, rows, seconds)
-  for name, runs in results.items():
-    density_figure(os.path.join(out_dir, f'toy2d_{name}.png'), name, runs,
-                   num)
-  summary_figure(os.path.join(out_dir, 'toy2d_benchmark.png'), results, num)
+  _figures(out_dir, results, num)
   return rows
 
 

@@ -40,7 +40,7 @@ def get_config():
   config.model.ebm_spectral_norm = False
   config.langevin_x.rule = 'paper'
   config.langevin_x.step_size = 0.002
-  config.langevin_x.jump_std = 1.0
+  config.langevin_x.jump_std = 1.5
   # The paper's rule samples exp(-E) itself: no temperature to divide by.
   config.loss.ebm_temperature_scaling = False
   config.loss.energy_l2 = 0.1
@@ -48,6 +48,11 @@ def get_config():
   # z-step keeps the posterior chain stable (0.1 diverged within 50 steps).
   config.langevin_z.step_size = 0.05
   config.langevin_z.noise = 0.1
+  # The generator's x-teaching term gives no signal on how much of G's prior
+  # mass goes to each mode (the chain keeps every sample in its mode); at the
+  # image configs' weight 50 it drowns the reconstruction term that does, and
+  # G(z) drifts onto a few modes. Weight 5 keeps G on all of them.
+  config.loss.s_factor = 5.0
   config.optim.lr_e = 1e-3
   config.optim.lr_g = 1e-3
   config.optim.lr_i = 1e-3

@@ -55,6 +55,8 @@ RUN_DEFINING_FIELDS = (
     'training.z_revision', 'training.generator_x_teaching',
     'training.generator_data_teaching', 'training.x_chain_init',
     'training.second_x_chain',
+    # The replay buffer is part of the state: its size shapes the checkpoint.
+    'training.replay_buffer_size',
 )
 
 _FORCE_FLAG = '--config.recovery.allow_config_change=True'

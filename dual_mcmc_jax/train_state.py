@@ -11,7 +11,7 @@ parameters, its mutable collections (`batch_stats`: BatchNorm statistics in
 the generator, spectral-norm vectors in the EBM) and its optimiser state, plus
 the step and the run's base PRNG key (raw key data, so that it serialises),
 and, only when `config.training.replay_buffer_size > 0`, the replay buffer
-of the EBM's negatives (`ReplaySpec`). Per-step randomness is derived from
+of the EBM's negatives (`ReplayTrainState`, `ReplaySpec`). Per-step randomness is derived from
 (key, step), never stored.
 
 Optimisers follow the reference: Adam with betas (0, 0.9), PyTorch-style
@@ -126,9 +126,16 @@ class TrainState:
   gen: NetState
   inf: NetState
   rng: Array  # uint32 key data of the run's base key
-  # [replay_buffer_size, *data_shape] past negatives, or None (no buffer:
-  # the state, and its checkpoints, are those of a run without one).
-  replay: Any = None
+
+
+@flax.struct.dataclass
+class ReplayTrainState(TrainState):
+  """The state of a run with a replay buffer (`ReplaySpec`).
+
+  A subclass, so that a run without a buffer keeps exactly the state, and
+  the checkpoint layout, of the code before buffers existed.
+  """
+  replay: Array  # [replay_buffer_size, *data_shape] past negatives
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,17 +220,17 @@ def create_train_state(models: networks.Models, optimizers: Optimizers,
   """
   init_key, run_key = _seed_keys(seed)
   variables = networks.init_models(models, init_key)
-  buffer = None
-  if replay is not None:
-    buffer = jax.random.uniform(
-        jax.random.fold_in(init_key, 1), (replay.size, *models.data_shape),
-        jnp.float32, replay.low, replay.high)
-  return TrainState(
+  fields = dict(
       step=jnp.zeros((), jnp.int32),
       ebm=_net_state(variables['ebm'], optimizers.ebm),
       gen=_net_state(variables['gen'], optimizers.gen),
       inf=_net_state(variables['inf'], optimizers.inf),
-      rng=jax.random.key_data(run_key), replay=buffer)
+      rng=jax.random.key_data(run_key))
+  if replay is None:
+    return TrainState(**fields)
+  return ReplayTrainState(**fields, replay=jax.random.uniform(
+      jax.random.fold_in(init_key, 1), (replay.size, *models.data_shape),
+      jnp.float32, replay.low, replay.high))
 
 
 def _seed_keys(seed: int) -> tuple[Array, Array]:

@@ -76,7 +76,7 @@ def teaching_switches(training) -> tuple[bool, bool, bool, str]:
 
 def negative_chain_init(training) -> str:
   """Checks and returns `config.training.negative_chain_init`."""
-  init = str(training.negative_chain_init)
+  init = str(training.get('negative_chain_init', 'generator'))
   if init not in NEGATIVE_CHAIN_INITS:
     raise ValueError(f'config.training.negative_chain_init={init!r} is '
                      f'unknown; allowed: {", ".join(NEGATIVE_CHAIN_INITS)}')
@@ -124,15 +124,17 @@ class _Settings:
         i_factor=float(lc.i_factor),
         temperature=losses.ebm_temperature(lx.step_size, lx.noise,
                                            bool(lc.ebm_temperature_scaling)),
-        energy_l2=float(lc.energy_l2),
+        # Fields added after the first release: configs saved before them
+        # (a workdir's config.json) run as they did.
+        energy_l2=float(lc.get('energy_l2', 0.0)),
         second_chain=bool(t.second_x_chain),
         diff_limit=float(lc.energy_diff_limit), w_rec=w_rec, w_prior=w_prior,
         z_revision=z_revision, x_teaching=x_teaching,
         data_teaching=data_teaching, x_init=x_init,
         noise_low=float(t.x_noise_low), noise_high=float(t.x_noise_high),
         negative_init=negative_chain_init(t),
-        long_chains=int(t.long_chains),
-        long_chain_steps=int(t.long_chain_steps),
+        long_chains=int(t.get('long_chains', 0)),
+        long_chain_steps=int(t.get('long_chain_steps', 0)),
         replay=ts.replay_spec(config))
 
 

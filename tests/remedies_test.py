@@ -12,13 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import toy2d as toy2d_config
 from dual_mcmc_jax import config_checks
 from dual_mcmc_jax import langevin
 from dual_mcmc_jax import losses
 from dual_mcmc_jax import toy2d
 from dual_mcmc_jax import train_state as ts
 from dual_mcmc_jax import train_step as tstep
+from tests import train_step_test
 
 _CENTRES = np.array([[-2.0, 0.0], [2.0, 0.0]])
 _WEIGHTS = np.array([0.8, 0.2])
@@ -91,15 +91,8 @@ def test_energy_penalty_adds_squared_energies():
 
 
 def _toy(**training):
-  config = toy2d_config.get_config()
-  config.model.mlp_hidden = 16
-  config.model.mlp_layers = 2
-  config.langevin_x.steps = 3
-  config.langevin_z.steps = 3
-  config.training.batch_size = 16
-  for k, v in training.items():
-    config.training[k] = v
-  return config
+  # The small 2-D MLP setup of the ablation tests (train_step_test.py).
+  return train_step_test._toy_config(**training)  # pylint: disable=protected-access
 
 
 def _run(config, steps=2):
@@ -127,8 +120,9 @@ def test_replay_buffer_is_state_and_takes_the_chain_ends():
   assert first.min() >= -4.0 and first.max() <= 4.0
   changed = np.any(first != last, axis=1)
   assert 0 < changed.sum() <= 32
-  # Without a buffer the state has none, as before the buffer existed.
-  assert _run(_toy(), steps=1)[0][-1].replay is None
+  assert isinstance(states[-1], ts.ReplayTrainState)
+  # Without a buffer the state is the plain one, as before buffers existed.
+  assert type(_run(_toy(), steps=1)[0][-1]) is ts.TrainState  # pylint: disable=unidiomatic-typecheck
 
 
 @pytest.mark.parametrize('training', [

@@ -102,6 +102,7 @@ def test_variant_configs_and_their_gradient_budgets():
       # 32 of 256 negatives run 300 more steps: 37.5 batch-steps.
       'long_chains': {'ebm': 2 * x + 38, 'generator': z},
       'replay': {'ebm': 2 * x, 'generator': z},
+      'replay_jumps': {'ebm': 2 * x, 'generator': z},
       'data_negatives': {'ebm': 2 * x, 'generator': z},
       'reference_chain': {'ebm': 2 * x, 'generator': z},
   }
@@ -161,7 +162,7 @@ def test_tiny_benchmark_run_writes_table_and_figures(tmp_path):
           f'{np.mean(tv):.2f} ± {np.std(tv):.2f}' in table)
   assert '| unequal3 | noise_init_ebm | 2 |' in table
   for name in ('toy2d_8gaussians.png', 'toy2d_unequal3.png',
-               'toy2d_benchmark.png'):
+               'toy2d_benchmark.png', 'toy2d_densities.png'):
     assert os.path.getsize(os.path.join(out, name)) > 1000
   merged = bench.merge_runs([out], os.path.join(out, 'merged'))
   assert merged == rows
