@@ -618,7 +618,7 @@ def densities_figure(path: str, results: dict[str, dict[str, dict[str, Any]]],
   """
   plt = _plt()
   fig, axes = plt.subplots(2, len(results),
-                           figsize=(1.45 * len(results), 3.1), squeeze=False)
+                           figsize=(1.45 * len(results), 3.5), squeeze=False)
   for col, (name, runs) in enumerate(results.items()):
     run = runs.get(variant) or next(iter(runs.values()))
     _density_panel(axes[0, col], run['arrays']['true_log_p'], num, name)
@@ -644,11 +644,13 @@ def _figures(out_dir: str, results: dict[str, dict[str, dict[str, Any]]],
 _SCORES = ('kl', 'tv', 'mode_mass_tv', 'ed_generator', 'ed_revised')
 
 
-def _mean_spread(values: list[Any]) -> tuple[float, float] | None:
+def _mean_spread(values: list[Any]) -> tuple[float, float | None] | None:
+  """(mean, standard deviation over seeds; None for one seed) or None."""
   finite = [v for v in values if v is not None and math.isfinite(v)]
   if not finite or len(finite) < len(values):
     return None  # A missing or diverged score makes the mean meaningless.
-  return float(np.mean(finite)), float(np.std(finite))
+  spread = float(np.std(finite)) if len(finite) > 1 else None
+  return float(np.mean(finite)), spread
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -687,6 +689,8 @@ def _fmt(value: Any, digits: int = 3) -> str:
   if value is None:
     return '-'
   if isinstance(value, tuple):
+    if value[1] is None:
+      return f'{value[0]:.{digits}f}'
     return f'{value[0]:.{digits}f} ± {value[1]:.{digits}f}'
   if isinstance(value, float):
     return f'{value:.{digits}f}'
