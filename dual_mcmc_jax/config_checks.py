@@ -225,6 +225,16 @@ def _check_relations(config: ml_collections.ConfigDict) -> None:
   if 'x_chain_init' in t:
     # The step's own check: no generator signal without a noise start.
     train_step.teaching_switches(t)
+  own_chain = (bool(t.get('second_x_chain', True)) or
+               t.get('negative_chain_init', 'generator') == 'data' or
+               t.get('x_chain_init', 'generator') == 'noise')
+  if not own_chain and (int(t.get('replay_buffer_size', 0)) > 0 or
+                        float(config.langevin_x.get('jump_std', 0.0)) > 0):
+    raise ValueError('config.training.replay_buffer_size and '
+                     'config.langevin_x.jump_std act on the EBM\'s own '
+                     'negative chain, which config.training.second_x_chain='
+                     'False removes; set second_x_chain=True or '
+                     "negative_chain_init='data'")
   if int(t.get('long_chains', 0)) > int(t.batch_size):
     raise ValueError(f'config.training.long_chains={t.long_chains} must be '
                      f'<= config.training.batch_size={t.batch_size}')

@@ -138,6 +138,21 @@ def test_remedy_switches_train(training):
       jax.tree.leaves(states[-1].ebm.params)[0])
 
 
+def test_remedies_need_the_negative_chain():
+  # Without its own negative chain the EBM learns from x1, which never
+  # jumps and never uses the buffer: the switches would do nothing.
+  config = _toy(second_x_chain=False)
+  config.langevin_x.jump_std = 0.0
+  config_checks.validate(config)
+  for group, field, value in (('langevin_x', 'jump_std', 1.5),
+                              ('training', 'replay_buffer_size', 8)):
+    bad = _toy(second_x_chain=False)
+    bad.langevin_x.jump_std = 0.0
+    bad[group][field] = value
+    with pytest.raises(ValueError, match='second_x_chain=False removes'):
+      config_checks.validate(bad)
+
+
 @pytest.mark.parametrize('field,value,match', [
     ('negative_chain_init', 'noise',
      r"negative_chain_init='noise' is unknown; allowed: 'generator', 'data'"),
