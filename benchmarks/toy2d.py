@@ -102,6 +102,7 @@ from dual_mcmc_jax import networks
 from dual_mcmc_jax import sampling
 from dual_mcmc_jax import toy2d
 from dual_mcmc_jax.evaluators import density2d
+from dual_mcmc_jax.evaluators import ood
 from dual_mcmc_jax import train_state as ts
 
 FLAGS = flags.FLAGS
@@ -439,15 +440,6 @@ def draw_samples(config: ml_collections.ConfigDict, models: networks.Models,
           'revised': np.asarray(x1)}
 
 
-def _neg_energy_on_grid(models: networks.Models, state: ts.TrainState,
-                        num: int) -> np.ndarray:
-  points, _ = density2d.grid(num)
-  e = jax.jit(lambda ebm, x: models.ebm.apply(
-      {'params': ebm.params, **ebm.state}, x, update_stats=False))(
-          state.ebm, jnp.asarray(points, jnp.float32))
-  return -np.asarray(e, np.float64)
-
-
 def score(config: ml_collections.ConfigDict, models: networks.Models,
           state: ts.TrainState, num: int, num_samples: int, seed: int,
           true: Truth | None = None
@@ -469,7 +461,11 @@ def score(config: ml_collections.ConfigDict, models: networks.Models,
   true = true or truth(config.data.toy2d_name, num)
   points, area = density2d.grid(num)
   temperature = chain_temperature(config)
-  neg_energy = _neg_energy_on_grid(models, state, num)
+  # The EBM's plain forward pass, as the OOD evaluator and notebook use it.
+  energy_fn = ood.make_energy_fn(models, mesh=None)
+  neg_energy = -np.asarray(energy_fn(state.ebm, jnp.asarray(points,
+                                                            jnp.float32)),
+                           np.float64)
   model_log_p = density2d.normalized_log_density(neg_energy / temperature,
                                                  area)
   result = {'reference': true.kind, 'temperature': temperature, **true.floor,
@@ -801,10 +797,10 @@ def run_benchmark(densities: list[str], variants: list[str],
   for name in densities:
     if name not in heldout2d.NAMES:
       toy2d.check_name(name)
-  for variant in variants:
-    variant_config(toy2d_config.get_config(), variant)  # Fails early.
-  os.makedirs(out_dir, exist_ok=True)
   base = base_config(config, steps, batch_size)
+  for variant in variants:
+    variant_config(base, variant)  # Fails early.
+  os.makedirs(out_dir, exist_ok=True)
   rows, results = [], {}
   start = time.perf_counter()
   for name in densities:
