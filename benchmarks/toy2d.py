@@ -51,10 +51,11 @@ Scores (all against the true density or fresh true samples):
 Variants (`VARIANTS`: config overrides on `--config`): `full` is the config
 itself; the ablations remove one teaching signal (`no_z_revision`,
 `no_x_teaching`, `cooperative`, `noise_init_ebm`); the remedy rows turn the
-config's Metropolis jumps or energy penalty off, or replace the jumps by
-another remedy for separated modes (`long_chains`, `replay`,
-`data_negatives`), or add a replay buffer to wider jumps (`replay_jumps`); `reference_chain` uses the image configs' chain rule and
-loss (the toy config before these remedies).
+config's Metropolis jumps, replay buffer or energy penalty off (`no_jumps`,
+`no_replay`, `no_energy_l2`), start no negative chain at the generator
+(`all_from_buffer`), or replace jumps and buffer by another remedy for
+separated modes (`long_chains`, `data_negatives`); `reference_chain` uses the
+image configs' chain rule and loss (the toy config before these remedies).
 
 Budget: every variant of a row runs the same iterations at the same batch
 size. The table lists each variant's network evaluations in the chains per
@@ -141,6 +142,7 @@ def define_flags() -> None:
 
 
 _NO_JUMPS = ('langevin_x', 'jump_std', 0.0)
+_NO_REPLAY = ('training', 'replay_buffer_size', 0)
 # name -> (config overrides, description). Overrides are (group, field,
 # value); a callable value is applied to the config's current value.
 VARIANTS: dict[str, tuple[tuple[tuple[str, str, Any], ...], str]] = {
@@ -155,22 +157,21 @@ VARIANTS: dict[str, tuple[tuple[tuple[str, str, Any], ...], str]] = {
                         ('langevin_x', 'steps', lambda n: 2 * n)),
                        'EBM alone, short-run chain from noise'),
     'no_jumps': ((_NO_JUMPS,), 'no Metropolis jumps in the negative chain'),
+    'no_replay': ((_NO_REPLAY,), 'no replay buffer: every negative chain '
+                  'starts at generator samples'),
     'no_energy_l2': ((('loss', 'energy_l2', 0.0),), 'no energy penalty'),
-    'long_chains': ((_NO_JUMPS, ('training', 'long_chains', 32),
+    'all_from_buffer': ((('training', 'replay_fraction', 1.0),
+                         ('langevin_x', 'jump_std', 3.0)),
+                        'every negative chain continues from the buffer '
+                        '(none starts at G(z)), jumps of std 3'),
+    'long_chains': ((_NO_JUMPS, _NO_REPLAY, ('training', 'long_chains', 32),
                      ('training', 'long_chain_steps', 300)),
-                    'no jumps; 32 negatives run 300 more steps'),
-    'replay': ((_NO_JUMPS, ('training', 'replay_buffer_size', 2560)),
-               'no jumps; 95% of negative chains continue from a replay '
-               'buffer'),
-    'replay_jumps': ((('training', 'replay_buffer_size', 2560),
-                      ('training', 'replay_fraction', 1.0),
-                      ('langevin_x', 'jump_std', 3.0)),
-                     'all negative chains continue from a replay buffer, '
-                     'with jumps of std 3'),
-    'data_negatives': ((_NO_JUMPS,
+                    'no jumps, no buffer; 32 negatives run 300 more steps'),
+    'data_negatives': ((_NO_JUMPS, _NO_REPLAY,
                         ('training', 'negative_chain_init', 'data')),
-                       'no jumps; negative chains start at the data'),
-    'reference_chain': ((_NO_JUMPS, ('loss', 'energy_l2', 0.0),
+                       'no jumps, no buffer; negative chains start at the '
+                       'data'),
+    'reference_chain': ((_NO_JUMPS, _NO_REPLAY, ('loss', 'energy_l2', 0.0),
                          ('langevin_x', 'rule', 'reference'),
                          ('langevin_x', 'step_size', 0.1),
                          ('langevin_x', 'noise', 0.01),

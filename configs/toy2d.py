@@ -11,12 +11,16 @@ pinwheel (dual_mcmc_jax/toy2d.py). The EBM has no spectral norm here: a
 The x-chain follows the paper's Langevin rule (supplementary Eq. 5-6) with
 a small step, so that it samples exp(-E) at temperature 1 and the EBM is a
 density in its own right (benchmarks/toy2d.py scores exp(-E) normalised on
-a grid against the truth). Two remedies, off in the image configs, are on:
+a grid against the truth). Three remedies, off in the image configs, are on:
 
 * Metropolis jumps in the EBM's negative chain (langevin_x.jump_std): a
-  Langevin chain never crosses the gap between separated modes, so without
-  them nothing tells the EBM how to split mass between modes, and the
-  learned weights drift (docs/results.md measures it).
+  Langevin chain never crosses the gap between separated modes.
+* A replay buffer of the negative chains' ends (training.replay_buffer_size):
+  a 30-step chain started at generator samples keeps the generator's share
+  of each mode, and the EBM then over-weights the modes the generator
+  misses. Continued from the buffer, a chain runs for about 20 iterations,
+  long enough for the jumps to set the EBM's own weights (docs/results.md
+  measures both).
 * A small energy penalty (loss.energy_l2) that keeps the energies near zero
   instead of letting the unconstrained offset drift.
 
@@ -44,6 +48,10 @@ def get_config():
   # The paper's rule samples exp(-E) itself: no temperature to divide by.
   config.loss.ebm_temperature_scaling = False
   config.loss.energy_l2 = 0.1
+  # Ten batches of earlier negatives; 95% of the negative chains continue
+  # from it, 5% start afresh at generator samples.
+  config.training.replay_buffer_size = 2560
+  config.training.replay_fraction = 0.95
   # The MLP generator's Jacobian is larger than the image nets'; a smaller
   # z-step keeps the posterior chain stable (0.1 diverged within 50 steps).
   config.langevin_z.step_size = 0.05

@@ -98,16 +98,25 @@ def test_variant_configs_and_their_gradient_budgets():
       # The noise-initialised chain gets both x-chains' EBM gradients.
       'noise_init_ebm': {'ebm': 2 * x, 'generator': 0},
       'no_jumps': {'ebm': 2 * x, 'generator': z},
+      'no_replay': {'ebm': 2 * x, 'generator': z},
       'no_energy_l2': {'ebm': 2 * x, 'generator': z},
+      'all_from_buffer': {'ebm': 2 * x, 'generator': z},
       # 32 of 256 negatives run 300 more steps: 37.5 batch-steps.
       'long_chains': {'ebm': 2 * x + 38, 'generator': z},
-      'replay': {'ebm': 2 * x, 'generator': z},
-      'replay_jumps': {'ebm': 2 * x, 'generator': z},
       'data_negatives': {'ebm': 2 * x, 'generator': z},
       'reference_chain': {'ebm': 2 * x, 'generator': z},
   }
   assert base.langevin_x.steps == x  # The base config is left alone.
   assert bench.variant_config(base, 'no_jumps').langevin_x.jump_std == 0
+  # The shipped config has the buffer; the remedy rows that replace it
+  # (and the old chain) run without one.
+  assert base.training.replay_buffer_size > 0
+  for variant in ('no_replay', 'long_chains', 'data_negatives',
+                  'reference_chain'):
+    assert bench.variant_config(
+        base, variant).training.replay_buffer_size == 0, variant
+  assert bench.variant_config(
+      base, 'all_from_buffer').training.replay_fraction == 1.0
   with pytest.raises(ValueError, match='allowed: full'):
     bench.variant_config(base, 'no_ebm')
 
