@@ -18,6 +18,7 @@ import pytest
 
 from benchmarks import heldout2d
 from benchmarks import toy2d as bench
+from benchmarks import toy2d_score
 from configs import toy2d as toy2d_config
 from dual_mcmc_jax import networks
 from dual_mcmc_jax import toy2d
@@ -45,13 +46,13 @@ def test_scorer_gives_zero_divergence_for_the_true_energy():
   config = toy2d_config.get_config()
   config.training.x_chain_init = 'noise'  # No generator needed.
   config.langevin_x.steps = 5
-  assert bench.chain_temperature(config) == pytest.approx(1.0)  # paper rule
+  assert toy2d_score.chain_temperature(config) == pytest.approx(1.0)  # paper rule
   # The reference rule at n_x = 0.01, s_x = 0.1 samples T = (n_x / s_x)^2.
   config.langevin_x.rule = 'reference'
   config.langevin_x.step_size = 0.1
   config.langevin_x.noise = 0.01
   config.langevin_x.jump_std = 0.0
-  temperature = bench.chain_temperature(config)
+  temperature = toy2d_score.chain_temperature(config)
   assert temperature == pytest.approx(0.01)
   models = networks.Models(ebm=ExactEightGaussiansEnergy(temperature),
                            gen=None,
@@ -59,7 +60,7 @@ def test_scorer_gives_zero_divergence_for_the_true_energy():
   net = ts.NetState(params={}, state={}, opt_state=())
   state = ts.TrainState(step=jnp.zeros((), jnp.int32), ebm=net, gen=net,
                         inf=net, rng=jnp.zeros((2,), jnp.uint32))
-  numbers, arrays = bench.score(config, models, state, num=180,
+  numbers, arrays = toy2d_score.score(config, models, state, num=180,
                                 num_samples=300, seed=0)
   assert numbers['reference'] == 'exact'
   assert numbers['true_mass'] == pytest.approx(1.0, abs=1e-6)
