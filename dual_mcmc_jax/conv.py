@@ -21,6 +21,13 @@ convolutions, whose autodiff kernel gradient is as slow on the CPU and is
 computed as a plain convolution of the explicitly dilated input instead.
 The values are those of autodiff up to floating-point summation order.
 
+Transposed convolutions (the plain generator's upsampling layers) skip the
+dilated convolution altogether on this rule: XLA's CPU convolution also
+multiplies the zeros of a forward pass's dilated input, so they are computed
+as one matrix product of every input pixel with every kernel tap, added into
+the output positions (`_transposed_conv_by_matmul`); their gradients are
+autodiff's, products and slices.
+
 `input_grad='xla'` keeps JAX's autodiff unchanged (`lax.conv_general_dilated`
 as is); `'forward_conv'` uses the custom VJP; `'auto'` picks
 `'forward_conv'` on the CPU and `'xla'` elsewhere, since GPU and TPU
@@ -175,6 +182,70 @@ def _transposed_conv_kernel_grad(x: Array, g: Array,
 _conv_forward_conv_grad.defvjp(_fwd, _bwd)
 
 
+def _is_transposed(x: Array, w: Array, strides: Pair,
+                   padding: tuple[Pair, Pair], lhs_dilation: Pair) -> bool:
+  """Whether `_transposed_conv_by_matmul` computes this convolution.
+
+  Transposed convolutions: stride 1, the same padding on both sides of
+  each axis, at most k - 1, and either an input dilation or the full
+  padding k - 1 (the 1x1-to-kxk first layer of the plain generator).
+  """
+  if strides != (1, 1):
+    return False
+  k = w.shape[:2]
+  same = all(lo == hi and 0 <= lo <= k[d] - 1 for d, (lo, hi) in
+             enumerate(padding))
+  full = all(padding[d][0] == k[d] - 1 for d in range(2))
+  return same and (lhs_dilation != (1, 1) or full) and x.ndim == 4
+
+
+def _overlap_add(y: Array, axis: int, tap_axis: int, stride: int,
+                 pad: int) -> Array:
+  """Sums the taps of one spatial axis of `y` into that axis's output rows.
+
+  Input row i reaches output row o = stride * i + pad - t through tap t. With
+  u = o + k - 1 - pad = stride * (i + q) + r for k - 1 - t = stride * q + r,
+  each (q, r) is a shifted copy of one tap: the rows are summed as
+  [i + q, r] blocks, flattened, and cropped to the output.
+  """
+  k, n = y.shape[tap_axis], y.shape[axis]
+  q_max = (k - 1) // stride
+  phases = []
+  for r in range(stride):
+    acc = None
+    for q in range((k - 1 - r) // stride + 1):
+      tap = lax.index_in_dim(y, k - 1 - stride * q - r, tap_axis,
+                             keepdims=False)
+      widths = [(0, 0)] * tap.ndim
+      widths[axis] = (q, q_max - q)
+      part = jnp.pad(tap, widths)
+      acc = part if acc is None else acc + part
+    phases.append(acc)
+  z = jnp.stack(phases, axis=axis + 1)  # [.., n + q_max, stride, ..]
+  shape = list(z.shape)
+  shape[axis:axis + 2] = [(n + q_max) * stride]
+  z = z.reshape(shape)
+  out = (n - 1) * stride + 1 + 2 * pad - k + 1
+  return lax.slice_in_dim(z, k - 1 - pad, k - 1 - pad + out, axis=axis)
+
+
+def _transposed_conv_by_matmul(x: Array, w: Array,
+                               padding: tuple[Pair, Pair],
+                               lhs_dilation: Pair) -> Array:
+  """A transposed convolution as one matrix product and an overlap-add.
+
+  XLA's CPU convolution multiplies the zeros of an input-dilated input
+  (three quarters of them at stride 2). Here each input pixel is multiplied
+  by every tap of the kernel at once (one [B*H*W, in] x [in, k*k*out]
+  product, exactly the model's multiplications) and the k*k results are
+  added into their output positions (`_overlap_add`). Autodiff of these
+  steps is again products and slices, so no custom gradient is needed.
+  """
+  y = jnp.einsum('bhwc,yxcd->bhwyxd', x, w)  # [B, H, W, kh, kw, out]
+  y = _overlap_add(y, 1, 3, lhs_dilation[0], padding[0][0])
+  return _overlap_add(y, 2, 3, lhs_dilation[1], padding[1][0])
+
+
 def conv2d(x: Array, w: Array, strides: Sequence[int] = (1, 1),
            padding: Sequence[Pair] = ((0, 0), (0, 0)),
            lhs_dilation: Sequence[int] = (1, 1),
@@ -198,4 +269,6 @@ def conv2d(x: Array, w: Array, strides: Sequence[int] = (1, 1),
   lhs_dilation = tuple(int(d) for d in lhs_dilation)
   if resolve_input_grad(input_grad) == 'xla':
     return _conv(x, w, strides, padding, lhs_dilation)
+  if _is_transposed(x, w, strides, padding, lhs_dilation):
+    return _transposed_conv_by_matmul(x, w, padding, lhs_dilation)
   return _conv_forward_conv_grad(x, w, strides, padding, lhs_dilation)
