@@ -85,10 +85,11 @@ def test_quickstart_notebook_runs_in_quick_mode(tmp_path, monkeypatch):
   # ~0.96 (a near-flat density), so the bound fails without learning.
   assert summary['toy2d_tv_untrained'] > _TV_BOUND > summary['toy2d_tv'], (
       summary['toy2d_tv_untrained'], summary['toy2d_tv'])
-  # The x-revision descends the EBM's energy from the generator's samples.
-  assert (summary['toy2d_chain_energy_end'] <
-          summary['toy2d_chain_energy_start'])
-  for key in ('toy2d_data_energy',
+  # The chain samples exp(-E) at T = 1, so its mean energy need not fall:
+  # from generator samples at the modes' centres its noise raises it (quick
+  # mode with the replay buffer: 0.65 -> 0.69). Only finiteness is a law.
+  for key in ('toy2d_data_energy', 'toy2d_chain_energy_start',
+              'toy2d_chain_energy_end',
               'digits_reconstruction_mse_before_z_revision',
               'digits_reconstruction_mse_after_z_revision'):
     assert math.isfinite(summary[key]), key
