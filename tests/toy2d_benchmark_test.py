@@ -46,7 +46,8 @@ def test_scorer_gives_zero_divergence_for_the_true_energy():
   config = toy2d_config.get_config()
   config.training.x_chain_init = 'noise'  # No generator needed.
   config.langevin_x.steps = 5
-  assert toy2d_score.chain_temperature(config) == pytest.approx(1.0)  # paper rule
+  # The paper's rule samples T = 1.
+  assert toy2d_score.chain_temperature(config) == pytest.approx(1.0)
   # The reference rule at n_x = 0.01, s_x = 0.1 samples T = (n_x / s_x)^2.
   config.langevin_x.rule = 'reference'
   config.langevin_x.step_size = 0.1
@@ -61,7 +62,7 @@ def test_scorer_gives_zero_divergence_for_the_true_energy():
   state = ts.TrainState(step=jnp.zeros((), jnp.int32), ebm=net, gen=net,
                         inf=net, rng=jnp.zeros((2,), jnp.uint32))
   numbers, arrays = toy2d_score.score(config, models, state, num=180,
-                                num_samples=300, seed=0)
+                                      num_samples=300, seed=0)
   assert numbers['reference'] == 'exact'
   assert numbers['true_mass'] == pytest.approx(1.0, abs=1e-6)
   # Float32 energies: the grid densities agree to ~1e-6 relative.
