@@ -195,7 +195,8 @@ def _is_transposed(x: Array, w: Array, strides: Pair,
   k = w.shape[:2]
   same = all(lo == hi and 0 <= lo <= k[d] - 1 for d, (lo, hi) in
              enumerate(padding))
-  full = all(padding[d][0] == k[d] - 1 for d in range(2))
+  # A 1x1 conv has "full" padding 0 too, but no taps to spread.
+  full = all(padding[d][0] == k[d] - 1 > 0 for d in range(2))
   return same and (lhs_dilation != (1, 1) or full) and x.ndim == 4
 
 
@@ -246,6 +247,52 @@ def _transposed_conv_by_matmul(x: Array, w: Array,
   return _overlap_add(y, 2, 3, lhs_dilation[1], padding[1][0])
 
 
+def _is_strided(x: Array, w: Array, strides: Pair,
+                lhs_dilation: Pair) -> bool:
+  """Whether `_strided_conv_by_matmul` computes this convolution.
+
+  Stride-2 convolutions with an even kernel and no input dilation: the
+  plain nets' 4x4 downsampling convs and the residual EBM's pooled convs.
+  """
+  return (strides == (2, 2) and lhs_dilation == (1, 1) and x.ndim == 4
+          and w.shape[0] % 2 == 0 and w.shape[1] % 2 == 0)
+
+
+def _strided_conv_by_matmul(x: Array, w: Array,
+                            padding: tuple[Pair, Pair]) -> Array:
+  """A stride-2 conv with an even kernel as (k/2)^2 matrix products.
+
+  After space-to-depth (each 2x2 block of the padded input becomes one
+  position), kernel tap (2q + p) reads block row o + q at phase p: the conv
+  is a sum over the (k/2)^2 block offsets q of a product of the shifted
+  blocks, [B*H'*W', 4*in], with the matching [4*in, out] slice of the
+  kernel. XLA runs these products, and autodiff's pads and slices around
+  them, faster than its stride-2 convolution and that convolution's input
+  gradient (docs/performance.md, change 10). The values equal the
+  convolution's up to float32 summation order.
+  """
+  b, c = x.shape[0], x.shape[3]
+  kh, kw = w.shape[0] // 2, w.shape[1] // 2
+  out = [(x.shape[1 + d] + sum(padding[d]) - w.shape[d]) // 2 + 1
+         for d in range(2)]
+  # Rows 0 .. 2 * (out + k/2 - 1) - 1 of the padded input are read.
+  need = [2 * (out[d] + w.shape[d] // 2 - 1) for d in range(2)]
+  cfg = [(0, 0, 0)] + [(padding[d][0],
+                        need[d] - x.shape[1 + d] - padding[d][0], 0)
+                       for d in range(2)] + [(0, 0, 0)]
+  xp = lax.pad(x, jnp.zeros((), x.dtype), cfg)
+  blocks = xp.reshape(b, need[0] // 2, 2, need[1] // 2, 2, c)
+  w6 = w.reshape(kh, 2, kw, 2, c, w.shape[3])
+  y = None
+  for qy in range(kh):
+    for qx in range(kw):
+      part = jnp.einsum('bhywxc,yxcd->bhwd',
+                        blocks[:, qy:qy + out[0], :, qx:qx + out[1]],
+                        w6[qy, :, qx])
+      y = part if y is None else y + part
+  return y
+
+
 def conv2d(x: Array, w: Array, strides: Sequence[int] = (1, 1),
            padding: Sequence[Pair] = ((0, 0), (0, 0)),
            lhs_dilation: Sequence[int] = (1, 1),
@@ -271,4 +318,6 @@ def conv2d(x: Array, w: Array, strides: Sequence[int] = (1, 1),
     return _conv(x, w, strides, padding, lhs_dilation)
   if _is_transposed(x, w, strides, padding, lhs_dilation):
     return _transposed_conv_by_matmul(x, w, padding, lhs_dilation)
+  if _is_strided(x, w, strides, lhs_dilation):
+    return _strided_conv_by_matmul(x, w, padding)
   return _conv_forward_conv_grad(x, w, strides, padding, lhs_dilation)
