@@ -171,3 +171,37 @@ def test_pooled_sn_conv_equals_conv_then_average_pool():
   expected = layers.avg_pool2(plain.apply(variables, x, False))
   np.testing.assert_allclose(pooled.apply(variables, x, False), expected,
                              rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('shape,out', [((2, 8, 6, 32), 40), ((1, 4, 4, 64), 32)])
+def test_winograd_conv_equals_the_direct_conv_and_its_gradients(shape, out):
+  """3x3 'same' convs with >= 32 channels: Winograd F(2x2, 3x3)."""
+  x = jax.random.normal(jax.random.key(0), shape)
+  w = jax.random.normal(jax.random.key(1), (3, 3, shape[3], out))
+  args = ((1, 1), ((1, 1), (1, 1)), (1, 1))
+  assert conv._is_winograd(x, w, *args)
+
+  def loss(x, w, rule):
+    return jnp.sum(jnp.sin(conv.conv2d(x, w, *args, rule)))
+
+  expected = conv.conv2d(x, w, *args, 'xla')
+  got = conv.conv2d(x, w, *args, 'forward_conv')
+  scale = float(jnp.max(jnp.abs(expected)))
+  np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6 * scale)
+  for a, b in zip(jax.grad(loss, (0, 1))(x, w, 'forward_conv'),
+                  jax.grad(loss, (0, 1))(x, w, 'xla')):
+    np.testing.assert_allclose(a, b, rtol=0,
+                               atol=2e-5 * float(jnp.max(jnp.abs(b))))
+
+
+def test_winograd_is_kept_to_where_it_was_measured_faster():
+  w32, x32 = jnp.zeros((3, 3, 32, 32)), jnp.zeros((1, 8, 8, 32))
+  same = ((1, 1), ((1, 1), (1, 1)), (1, 1))
+  assert conv._is_winograd(x32, w32, *same)
+  assert not conv._is_winograd(jnp.zeros((1, 8, 8, 3)),
+                               jnp.zeros((3, 3, 3, 32)), *same)  # RGB input
+  assert not conv._is_winograd(x32, jnp.zeros((3, 3, 32, 16)), *same)
+  assert not conv._is_winograd(jnp.zeros((1, 7, 8, 32)), w32, *same)  # odd
+  assert not conv._is_winograd(x32.astype(jnp.bfloat16), w32, *same)
+  assert not conv._is_winograd(x32, w32, (2, 2), same[1], (1, 1))
+  assert not conv._is_winograd(x32, w32, (1, 1), ((0, 0), (0, 0)), (1, 1))
