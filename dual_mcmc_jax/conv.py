@@ -260,37 +260,113 @@ def _is_strided(x: Array, w: Array, strides: Pair,
 
 def _strided_conv_by_matmul(x: Array, w: Array,
                             padding: tuple[Pair, Pair]) -> Array:
-  """A stride-2 conv with an even kernel as (k/2)^2 matrix products.
+  """A stride-2 conv with an even kernel as a stride-1 conv of 2x2 blocks.
 
   After space-to-depth (each 2x2 block of the padded input becomes one
-  position), kernel tap (2q + p) reads block row o + q at phase p: the conv
-  is a sum over the (k/2)^2 block offsets q of a product of the shifted
-  blocks, [B*H'*W', 4*in], with the matching [4*in, out] slice of the
-  kernel. XLA runs these products, and autodiff's pads and slices around
-  them, faster than its stride-2 convolution and that convolution's input
-  gradient (docs/performance.md, change 10). The values equal the
-  convolution's up to float32 summation order.
+  position with 4 * in channels), kernel tap (2q + p) reads block o + q at
+  phase p: the conv is a (k/2) x (k/2) stride-1 'valid' conv of the blocks.
+  The 4x4 kernels of the nets become 2x2 block convs, computed by
+  Winograd's F(2x2, 2x2) (`_block_conv2x2`); other sizes as a sum of
+  matrix products. XLA runs these, and the pads and reshapes around them,
+  faster than its stride-2 convolution and that convolution's input
+  gradient (docs/performance.md, changes 10 and 12). The values equal the
+  convolution's to float32 rounding.
   """
-  b, c = x.shape[0], x.shape[3]
+  b, c, d = x.shape[0], x.shape[3], w.shape[3]
   kh, kw = w.shape[0] // 2, w.shape[1] // 2
-  out = [(x.shape[1 + d] + sum(padding[d]) - w.shape[d]) // 2 + 1
-         for d in range(2)]
+  out = [(x.shape[1 + i] + sum(padding[i]) - w.shape[i]) // 2 + 1
+         for i in range(2)]
   # Rows 0 .. 2 * (out + k/2 - 1) - 1 of the padded input are read.
-  need = [2 * (out[d] + w.shape[d] // 2 - 1) for d in range(2)]
-  cfg = [(0, 0, 0)] + [(padding[d][0],
-                        need[d] - x.shape[1 + d] - padding[d][0], 0)
-                       for d in range(2)] + [(0, 0, 0)]
+  need = [2 * (out[i] + w.shape[i] // 2 - 1) for i in range(2)]
+  cfg = [(0, 0, 0)] + [(padding[i][0],
+                        need[i] - x.shape[1 + i] - padding[i][0], 0)
+                       for i in range(2)] + [(0, 0, 0)]
   xp = lax.pad(x, jnp.zeros((), x.dtype), cfg)
   blocks = xp.reshape(b, need[0] // 2, 2, need[1] // 2, 2, c)
-  w6 = w.reshape(kh, 2, kw, 2, c, w.shape[3])
+  blocks = blocks.transpose(0, 1, 3, 2, 4, 5).reshape(
+      b, need[0] // 2, need[1] // 2, 4 * c)
+  wb = w.reshape(kh, 2, kw, 2, c, d).transpose(0, 2, 1, 3, 4, 5).reshape(
+      kh, kw, 4 * c, d)
+  if (kh, kw) == (2, 2):
+    return _block_conv2x2(blocks, wb)
+  return _valid_conv_by_matmul(blocks, wb)
+
+
+def _valid_conv_by_matmul(xb: Array, wb: Array) -> Array:
+  """Stride-1 'valid' conv as one matrix product per kernel tap, summed."""
+  kh, kw = wb.shape[:2]
+  ho, wo = xb.shape[1] - kh + 1, xb.shape[2] - kw + 1
   y = None
-  for qy in range(kh):
-    for qx in range(kw):
-      part = jnp.einsum('bhywxc,yxcd->bhwd',
-                        blocks[:, qy:qy + out[0], :, qx:qx + out[1]],
-                        w6[qy, :, qx])
+  for i in range(kh):
+    for j in range(kw):
+      part = jnp.einsum('bhwk,kd->bhwd', xb[:, i:i + ho, j:j + wo], wb[i, j])
       y = part if y is None else y + part
   return y
+
+
+def _winograd_f22(xb: Array, wb: Array) -> Array:
+  """2x2 'valid' conv by Winograd's F(2x2, 2x2); even output sizes.
+
+  In one dimension, y0 = d0 g0 + d1 g1 and y1 = d1 g0 + d2 g1 are
+  m0 + m1 and m1 + m2 with m0 = (d0 - d1) g0, m1 = d1 (g0 + g1),
+  m2 = (d2 - d1) g1: three products for four. In two, each 3x3 input tile
+  (stride 2) gives a 2x2 output block through 9 matrix products
+  [tiles, in] x [in, out] instead of 16.
+  """
+  b, ho, wo, k = xb.shape[0], xb.shape[1] - 1, xb.shape[2] - 1, xb.shape[3]
+
+  def b_t(r):
+    return [r[0] - r[1], r[1], r[2] - r[1]]
+
+  def g_(r):
+    return [r[0], r[0] + r[1], r[1]]
+
+  def a_t(r):
+    return [r[0] + r[1], r[1] + r[2]]
+
+  rows = b_t([xb[:, i:i + ho:2] for i in range(3)])
+  v = [t for r in rows for t in b_t([r[:, :, j:j + wo:2] for j in range(3)])]
+  u = [t for r in g_([wb[0], wb[1]]) for t in g_([r[0], r[1]])]
+  m = jnp.einsum('tnc,tcd->tnd', jnp.stack(v).reshape(9, -1, k),
+                 jnp.stack(u))  # [9, B * ho/2 * wo/2, out]
+  m = m.reshape(3, 3, b, ho // 2, wo // 2, -1)
+  y = [a_t([r[0], r[1], r[2]]) for r in a_t([m[0], m[1], m[2]])]
+  y = jnp.stack([jnp.stack(r, axis=3) for r in y], axis=2)
+  return y.reshape(b, ho, wo, -1)
+
+
+def _conv2x2(xb: Array, wb: Array) -> Array:
+  """2x2 'valid' conv: Winograd where the output sizes are even (float32)."""
+  if (xb.shape[1] % 2 and xb.shape[2] % 2 and xb.dtype == jnp.float32):
+    return _winograd_f22(xb, wb)
+  return _valid_conv_by_matmul(xb, wb)
+
+
+@jax.custom_vjp
+def _block_conv2x2(xb: Array, wb: Array) -> Array:
+  return _conv2x2(xb, wb)
+
+
+def _block_conv2x2_fwd(xb, wb):
+  return _conv2x2(xb, wb), (xb, wb)
+
+
+def _block_conv2x2_bwd(res, g):
+  """Input gradient: the 'full' correlation with the flipped kernel.
+
+  That is a 2x2 valid conv of g padded by one on each side; one more row
+  and column of padding make its output even for Winograd, then cropped.
+  """
+  xb, wb = res
+  gp = jnp.pad(g, ((0, 0), (1, 2), (1, 2), (0, 0)))
+  gx = _conv2x2(gp, jnp.flip(wb, (0, 1)).transpose(0, 1, 3, 2))
+  gx = gx[:, :xb.shape[1], :xb.shape[2]]
+  _, w_vjp = jax.vjp(lambda w_: _valid_conv_by_matmul(xb, w_), wb)
+  (gw,) = w_vjp(g)
+  return gx.astype(xb.dtype), gw
+
+
+_block_conv2x2.defvjp(_block_conv2x2_fwd, _block_conv2x2_bwd)
 
 
 def _is_winograd(x: Array, w: Array, strides: Pair,

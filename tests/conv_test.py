@@ -205,3 +205,18 @@ def test_winograd_is_kept_to_where_it_was_measured_faster():
   assert not conv._is_winograd(x32.astype(jnp.bfloat16), w32, *same)
   assert not conv._is_winograd(x32, w32, (2, 2), same[1], (1, 1))
   assert not conv._is_winograd(x32, w32, (1, 1), ((0, 0), (0, 0)), (1, 1))
+
+
+def test_winograd_2x2_block_conv_equals_the_sum_of_tap_products():
+  """The 4x4 stride-2 convs after space-to-depth: F(2x2, 2x2)."""
+  xb = jax.random.normal(jax.random.key(0), (2, 9, 5, 12))
+  wb = jax.random.normal(jax.random.key(1), (2, 2, 12, 7))
+  expected = conv._valid_conv_by_matmul(xb, wb)
+  assert expected.shape == (2, 8, 4, 7)
+  got = conv._winograd_f22(xb, wb)
+  np.testing.assert_allclose(got, expected, rtol=0,
+                             atol=2e-6 * float(jnp.max(jnp.abs(expected))))
+  direct = jax.lax.conv_general_dilated(
+      xb, wb, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  np.testing.assert_allclose(got, direct, rtol=0,
+                             atol=2e-6 * float(jnp.max(jnp.abs(direct))))
