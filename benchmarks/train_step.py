@@ -32,7 +32,9 @@ table of that ratio across sizes (`RATIO_ROWS`: the residual nets at
 Table 1 simple nets at their widths, batch 32; `--noratio_table` skips it).
 The PyTorch side is the whole reference iteration: E, G and I in train
 mode, the two x-chains, the z-chain and three Adam steps, losses read back
-every iteration as the authors' loop does.
+every iteration as the authors' loop does. JAX and PyTorch iterations run
+in turn (one of each, `--iters` times), so both see the machine in the same
+state.
 
 `--memory` only compiles the config's step with 30 and 120 x-steps and
 prints XLA's temporary bytes, e.g. at the paper's size:
@@ -48,14 +50,13 @@ import resource
 import statistics
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 from absl import flags
 import jax
 import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -175,8 +176,13 @@ def measure_peak_tflops(dtype: Any = jnp.float32, n: int = 4096,
 
 
 def _time_compiled(compiled: Any, state: Any, batch: jax.Array, iters: int,
-                   warmup: int) -> tuple[list[float], Any]:
-  """Seconds of each of `iters` iterations after `warmup` untimed ones."""
+                   warmup: int, between: Callable[[], Any] | None = None
+                   ) -> tuple[list[float], Any]:
+  """Seconds of each of `iters` iterations after `warmup` untimed ones.
+
+  `between`, if given, runs after each timed iteration, outside the timing
+  (the PyTorch baseline's iterations, interleaved with these).
+  """
   metrics = None
   for _ in range(warmup):
     state, metrics = compiled(state, batch)
@@ -187,12 +193,14 @@ def _time_compiled(compiled: Any, state: Any, batch: jax.Array, iters: int,
     state, metrics = compiled(state, batch)
     jax.block_until_ready((state, metrics))
     times.append(time.perf_counter() - t0)
+    if between is not None:
+      between()
   return times, (state, metrics)
 
 
 def benchmark(config: ml_collections.ConfigDict, iters: int, warmup: int = 1,
-              profile_dir: str | None = None,
-              flops: bool = True) -> dict[str, Any]:
+              profile_dir: str | None = None, flops: bool = True,
+              between: Callable[[], Any] | None = None) -> dict[str, Any]:
   """Compiles and times the train step of `config`.
 
   Args:
@@ -201,6 +209,7 @@ def benchmark(config: ml_collections.ConfigDict, iters: int, warmup: int = 1,
     warmup: untimed iterations after compilation.
     profile_dir: optional jax.profiler trace directory.
     flops: also count the flops (three more compilations).
+    between: run after each timed iteration, untimed (see `_time_compiled`).
 
   Returns:
     A dict of measurements and config fields.
@@ -215,7 +224,7 @@ def benchmark(config: ml_collections.ConfigDict, iters: int, warmup: int = 1,
     warmup = 0
     jax.profiler.start_trace(profile_dir, create_perfetto_trace=True)
   times, (state, metrics) = _time_compiled(compiled, state, batch, iters,
-                                           warmup)
+                                           warmup, between)
   profile = None
   if profile_dir:
     jax.profiler.stop_trace()
@@ -307,61 +316,60 @@ def _describe(config: ml_collections.ConfigDict, state: Any
   }
 
 
-def benchmark_torch(config: ml_collections.ConfigDict, iters: int,
-                    warmup: int = 1) -> dict[str, Any]:
-  """Times the reference iteration in PyTorch at the same sizes.
+class TorchBaseline:
+  """The reference iteration in PyTorch at the sizes of a config.
 
   Uses the reference-architecture modules of `torch_reference` (written for
   the agreement tests), on the GPU when PyTorch sees one. Like the authors'
-  loop it reads the losses back every iteration.
-
-  Args:
-    config: experiment config (resnet architecture).
-    iters: timed iterations.
-    warmup: untimed iterations first.
-
-  Returns:
-    {'sec_per_iter_median', 'sec_per_iter_min', 'device'}.
+  loop it reads the losses back every iteration. Calling the object runs
+  and times one iteration; `benchmark(..., between=baseline)` interleaves
+  them with the JAX iterations, so that both sides see the same machine
+  (this shared CPU's speed drifts by tens of percent within minutes).
   """
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise SystemExit('--baseline=torch needs PyTorch: pip install torch') from e
-  from tests import torch_reference  # pylint: disable=g-import-not-at-top
-  if config.model.arch not in ('resnet', 'simple'):
-    raise ValueError('--baseline=torch supports config.model.arch=resnet or '
-                     f'simple, not {config.model.arch!r}')
-  device = 'cuda' if torch.cuda.is_available() else 'cpu'
-  torch.manual_seed(int(config.training.seed))
-  nets = torch_reference.build_nets(
-      int(config.model.nz), int(config.model.ngf), int(config.model.nef),
-      int(config.model.nif), int(config.data.image_size),
-      config.model.resnet_style, int(config.data.num_channels),
-      arch=config.model.arch)
-  for net in nets:
-    net.apply(torch_reference.reference_init_)
-  net_g, net_e, net_i = (net.to(device) for net in nets)
-  args = torch_reference.ReferenceArgs.from_config(config)
-  optimizers = torch_reference.make_optimizers(net_g, net_e, net_i, args)
-  b, size, ch = (int(config.training.batch_size), int(config.data.image_size),
-                 int(config.data.num_channels))
-  x = torch.rand(b, ch, size, size, device=device) * 2 - 1
-  sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
-  for _ in range(warmup):
-    torch_reference.reference_train_step(net_g, net_e, net_i, optimizers, x,
-                                         args)
-  times = []
-  for _ in range(iters):
-    sync()
+
+  def __init__(self, config: ml_collections.ConfigDict, warmup: int = 1):
+    try:
+      import torch  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      raise SystemExit('--baseline=torch needs PyTorch: pip install torch'
+                      ) from e
+    from tests import torch_reference as ref  # pylint: disable=g-import-not-at-top
+    if config.model.arch not in ('resnet', 'simple'):
+      raise ValueError('--baseline=torch supports config.model.arch=resnet '
+                       f'or simple, not {config.model.arch!r}')
+    self.device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    self.torch_version, self.times = torch.__version__, []
+    torch.manual_seed(int(config.training.seed))
+    m, d = config.model, config.data
+    nets = ref.build_nets(int(m.nz), int(m.ngf), int(m.nef), int(m.nif),
+                          int(d.image_size), m.resnet_style,
+                          int(d.num_channels), arch=m.arch)
+    for net in nets:
+      net.apply(ref.reference_init_)
+    nets = tuple(net.to(self.device) for net in nets)
+    args = ref.ReferenceArgs.from_config(config)
+    optimizers = ref.make_optimizers(*nets, args)
+    b, size = int(config.training.batch_size), int(d.image_size)
+    x = torch.rand(b, int(d.num_channels), size, size,
+                   device=self.device) * 2 - 1
+    self._sync = (torch.cuda.synchronize if self.device == 'cuda'
+                  else (lambda: None))
+    self._step = lambda: ref.reference_train_step(*nets, optimizers, x, args)
+    for _ in range(warmup):
+      self._step()
+
+  def __call__(self) -> float:
+    self._sync()
     t0 = time.perf_counter()
-    torch_reference.reference_train_step(net_g, net_e, net_i, optimizers, x,
-                                         args)
-    sync()
-    times.append(time.perf_counter() - t0)
-  return {'sec_per_iter_median': statistics.median(times),
-          'sec_per_iter_min': min(times), 'device': device,
-          'torch_version': torch.__version__,
-          'torch_threads': torch.get_num_threads()}
+    self._step()
+    self._sync()
+    self.times.append(time.perf_counter() - t0)
+    return self.times[-1]
+
+  def summary(self) -> dict[str, Any]:
+    return {'sec_per_iter_median': statistics.median(self.times),
+            'sec_per_iter_min': min(self.times), 'device': self.device,
+            'torch_version': self.torch_version}
 
 
 # (nets, ngf = nef, nif, batch) of the ratio table: the residual CIFAR-10
@@ -377,7 +385,8 @@ def ratio_table(config: ml_collections.ConfigDict, iters: int, warmup: int
 
   Each row changes only the nets, widths and batch of `config` (the
   CIFAR-10 config); both sides run the full iteration: 30 + 30 x-steps, 10
-  z-steps, three Adam updates, float32.
+  z-steps, three Adam updates, float32, one JAX and one PyTorch iteration
+  in turn.
   """
   rows = []
   lines = ['| nets | ngf | nef | nif | batch | JAX s/iter | PyTorch s/iter | '
@@ -386,8 +395,10 @@ def ratio_table(config: ml_collections.ConfigDict, iters: int, warmup: int
     c = ml_collections.ConfigDict(config.to_dict())
     c.model.arch, c.model.ngf, c.model.nef, c.model.nif = arch, ngf, nef, nif
     c.training.batch_size = batch
-    jax_s = benchmark(c, iters, warmup, flops=False)['sec_per_iter_median']
-    torch_s = benchmark_torch(c, iters, warmup)['sec_per_iter_median']
+    baseline = TorchBaseline(c, warmup)
+    jax_s = benchmark(c, iters, warmup, flops=False,
+                      between=baseline)['sec_per_iter_median']
+    torch_s = baseline.summary()['sec_per_iter_median']
     rows.append({'arch': arch, 'ngf': ngf, 'nef': nef, 'nif': nif,
                  'batch_size': batch, 'jax_sec_per_iter': jax_s,
                  'torch_sec_per_iter': torch_s, 'ratio': jax_s / torch_s})
@@ -468,10 +479,10 @@ def sweep(config: ml_collections.ConfigDict, iters: int) -> list[dict[str, Any]]
   return rows
 
 
-def _torch_baseline(config: ml_collections.ConfigDict,
+def _torch_baseline(baseline: TorchBaseline, config: ml_collections.ConfigDict,
                     result: dict[str, Any]) -> None:
   """PyTorch's time at the config's size, then (by default) the table."""
-  torch_result = benchmark_torch(config, FLAGS.iters, FLAGS.warmup)
+  torch_result = baseline.summary()
   result['torch_sec_per_iter_median'] = torch_result['sec_per_iter_median']
   result['torch_sec_per_iter_min'] = torch_result['sec_per_iter_min']
   result['torch_device'] = torch_result['device']
@@ -496,7 +507,10 @@ def main(argv):
   if FLAGS.memory:
     print(json.dumps({'compiled_memory_by_x_steps': compiled_memory(config)}))
     return
-  result = benchmark(config, FLAGS.iters, FLAGS.warmup, FLAGS.profile_dir)
+  baseline = (TorchBaseline(config, FLAGS.warmup)
+              if FLAGS.baseline == 'torch' else None)
+  result = benchmark(config, FLAGS.iters, FLAGS.warmup, FLAGS.profile_dir,
+                     between=baseline)
   if FLAGS.peak:
     peak = measure_peak_tflops(ts.compute_dtype(config))
     result['peak_tflops_measured'] = peak
@@ -519,8 +533,8 @@ def main(argv):
           f'{result["loop_sec_per_iter_fetch_every_step"]:.4f} s/iter; every '
           f'{result["health_every_steps"]} steps: '
           f'{result["loop_sec_per_iter_fetch_every_n"]:.4f} s/iter')
-  if FLAGS.baseline == 'torch':
-    _torch_baseline(config, result)
+  if baseline is not None:
+    _torch_baseline(baseline, config, result)
   if FLAGS.sweep:
     result['sweep'] = sweep(config, max(1, min(FLAGS.iters, 3)))
   print(json.dumps(result))

@@ -73,8 +73,9 @@ def get_config() -> ml_collections.ConfigDict:
   model.sn_power_iterations = 1
   # Input-gradient rule of the EBM's and generator's convolutions, the bulk
   # of both Langevin chains (dual_mcmc_jax/conv.py): 'xla' (JAX autodiff),
-  # 'forward_conv' (the same gradient as a plain forward conv; the whole
-  # training iteration 12x faster on XLA's CPU backend, docs/performance.md),
+  # 'forward_conv' (the same gradient as a plain forward conv, and
+  # Winograd / matrix-product forms of the nets' convs; the whole training
+  # iteration 12x faster on XLA's CPU backend, docs/performance.md),
   # 'auto' (forward_conv on the CPU, xla on
   # GPUs and TPUs, where it is unmeasured).
   model.conv_input_grad = 'auto'

@@ -21,18 +21,31 @@ convolutions, whose autodiff kernel gradient is as slow on the CPU and is
 computed as a plain convolution of the explicitly dilated input instead.
 The values are those of autodiff up to floating-point summation order.
 
-Transposed convolutions (the plain generator's upsampling layers) skip the
-dilated convolution altogether on this rule: XLA's CPU convolution also
-multiplies the zeros of a forward pass's dilated input, so they are computed
-as one matrix product of every input pixel with every kernel tap, added into
-the output positions (`_transposed_conv_by_matmul`); their gradients are
-autodiff's, products and slices.
+On the same rule, three kinds of convolution skip XLA's convolution
+altogether (docs/performance.md, changes 9-12):
+
+* transposed convolutions (the plain generator's upsampling): XLA's CPU
+  convolution also multiplies the zeros of a forward pass's dilated input,
+  so they are one matrix product of every input pixel with every kernel
+  tap, added into the output positions (`_transposed_conv_by_matmul`);
+* stride-2 convolutions with an even kernel (the plain nets' 4x4
+  downsampling, the residual EBM's pooled convs): after space-to-depth they
+  are stride-1 convolutions of 2x2 blocks, done by Winograd's F(2x2, 2x2)
+  (`_strided_conv_by_matmul`);
+* 3x3 'same' convolutions with at least 32 channels, float32: Winograd's
+  F(2x2, 3x3) (`_winograd_conv`), with the flipped kernel for the input
+  gradient.
+
+Winograd's algorithms trade multiplications for additions: their values
+differ from the direct convolution's by float32 rounding (about 1e-6
+relative; `tests/conv_test.py`, and the golden PyTorch fixtures within
+1e-5).
 
 `input_grad='xla'` keeps JAX's autodiff unchanged (`lax.conv_general_dilated`
-as is); `'forward_conv'` uses the custom VJP; `'auto'` picks
-`'forward_conv'` on the CPU and `'xla'` elsewhere, since GPU and TPU
-convolution libraries handle both layouts and that choice is unmeasured
-there.
+as is); `'forward_conv'` uses the custom VJP and the rewrites above;
+`'auto'` picks `'forward_conv'` on the CPU and `'xla'` elsewhere, since GPU
+and TPU convolution libraries handle both layouts and that choice is
+unmeasured there.
 """
 
 from __future__ import annotations

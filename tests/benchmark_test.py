@@ -102,3 +102,18 @@ def test_memory_does_not_grow_with_chain_length():
   short, long = _compiled_temp_bytes(3), _compiled_temp_bytes(120)
   assert short > 0
   assert long == short, (short, long)
+
+
+def test_torch_baseline_iterations_alternate_with_the_jax_ones():
+  """--baseline=torch times one PyTorch iteration after each JAX one."""
+  pytest.importorskip('torch')
+  import train_step as bench  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict(test_config.get_config().to_dict())
+  config.model.arch = 'simple'
+  order = []
+  baseline = bench.TorchBaseline(config, warmup=0)
+  result = bench.benchmark(config, 3, warmup=1, flops=False,
+                           between=lambda: order.append(baseline()))
+  assert len(order) == 3 and len(baseline.times) == 3
+  assert baseline.summary()['sec_per_iter_median'] > 0
+  assert result['iters'] == 3 and result['healthy']
