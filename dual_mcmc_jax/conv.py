@@ -252,12 +252,41 @@ def _transposed_conv_by_matmul(x: Array, w: Array,
   (three quarters of them at stride 2). Here each input pixel is multiplied
   by every tap of the kernel at once (one [B*H*W, in] x [in, k*k*out]
   product, exactly the model's multiplications) and the k*k results are
-  added into their output positions (`_overlap_add`). Autodiff of these
-  steps is again products and slices, so no custom gradient is needed.
+  added into their output positions (`_overlap_add`). The input gradient
+  is a strided conv of the output gradient, computed by `conv2d` itself
+  (for the 4x4 stride-2 layers: Winograd on space-to-depth blocks, change
+  12); the kernel gradient is autodiff's, products and slices.
   """
   y = jnp.einsum('bhwc,yxcd->bhwyxd', x, w)  # [B, H, W, kh, kw, out]
   y = _overlap_add(y, 1, 3, lhs_dilation[0], padding[0][0])
   return _overlap_add(y, 2, 3, lhs_dilation[1], padding[1][0])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _transposed_conv(x: Array, w: Array, padding: tuple[Pair, Pair],
+                     lhs_dilation: Pair) -> Array:
+  return _transposed_conv_by_matmul(x, w, padding, lhs_dilation)
+
+
+def _transposed_conv_fwd(x, w, padding, lhs_dilation):
+  return _transposed_conv_by_matmul(x, w, padding, lhs_dilation), (x, w)
+
+
+def _transposed_conv_bwd(padding, lhs_dilation, res, g):
+  x, w = res
+  pads = tuple(_input_grad_padding(x.shape[1 + i], g.shape[1 + i],
+                                   w.shape[i], 1, lhs_dilation[i],
+                                   padding[i]) for i in range(2))
+  w_t = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)  # [kh, kw, out, in]
+  gx = conv2d(g, w_t.astype(g.dtype), lhs_dilation, pads,
+              input_grad='forward_conv')
+  _, w_vjp = jax.vjp(
+      lambda w_: _transposed_conv_by_matmul(x, w_, padding, lhs_dilation), w)
+  (gw,) = w_vjp(g)
+  return gx.astype(x.dtype), gw
+
+
+_transposed_conv.defvjp(_transposed_conv_fwd, _transposed_conv_bwd)
 
 
 def _is_strided(x: Array, w: Array, strides: Pair,
@@ -478,7 +507,7 @@ def conv2d(x: Array, w: Array, strides: Sequence[int] = (1, 1),
   if resolve_input_grad(input_grad) == 'xla':
     return _conv(x, w, strides, padding, lhs_dilation)
   if _is_transposed(x, w, strides, padding, lhs_dilation):
-    return _transposed_conv_by_matmul(x, w, padding, lhs_dilation)
+    return _transposed_conv(x, w, padding, lhs_dilation)
   if _is_strided(x, w, strides, lhs_dilation):
     return _strided_conv_by_matmul(x, w, padding)
   if _is_winograd(x, w, strides, padding, lhs_dilation):
