@@ -22,12 +22,13 @@ computed as a plain convolution of the explicitly dilated input instead.
 The values are those of autodiff up to floating-point summation order.
 
 On the same rule, three kinds of convolution skip XLA's convolution
-altogether (docs/performance.md, changes 9-12):
+altogether (docs/performance.md, changes 9-13):
 
 * transposed convolutions (the plain generator's upsampling): XLA's CPU
   convolution also multiplies the zeros of a forward pass's dilated input,
   so they are one matrix product of every input pixel with every kernel
-  tap, added into the output positions (`_transposed_conv_by_matmul`);
+  tap, added into the output positions (`_transposed_conv_by_matmul`),
+  and their input gradient is the strided convolution below;
 * stride-2 convolutions with an even kernel (the plain nets' 4x4
   downsampling, the residual EBM's pooled convs): after space-to-depth they
   are stride-1 convolutions of 2x2 blocks, done by Winograd's F(2x2, 2x2)

@@ -173,7 +173,8 @@ def _l2_normalize(v: Array, eps: float = 1e-12) -> Array:
 
 
 def spectral_normalize(module: nn.Module, kernel: Array, update_stats: bool,
-                       n_steps: int) -> Array:
+                       n_steps: int, divide: bool = True
+                       ) -> Array | tuple[Array, Array]:
   """Divides `kernel` by its top singular value, PyTorch `spectral_norm` style.
 
   The stored parameter is the raw weight (PyTorch's `weight_orig`) and the
@@ -188,9 +189,12 @@ def spectral_normalize(module: nn.Module, kernel: Array, update_stats: bool,
     kernel: [..., in, out] weight; flattened to [rest, out].
     update_stats: store the new `u` (train mode: every forward pass).
     n_steps: power iterations per call.
+    divide: return kernel / sigma; else (kernel, sigma), for a layer that
+      divides its (linear) output by sigma instead.
 
   Returns:
-    kernel / sigma, with gradients flowing through sigma as in PyTorch.
+    kernel / sigma, with gradients flowing through sigma as in PyTorch, or
+    (kernel, sigma).
   """
   out = kernel.shape[-1]
   mat = kernel.reshape(-1, out).astype(jnp.float32)  # [rest, out]
@@ -200,14 +204,18 @@ def spectral_normalize(module: nn.Module, kernel: Array, update_stats: bool,
                                               (out,), jnp.float32)))
   u = u_var.value
   v = None
+  # v @ mat rather than mat.T @ v: the same sums, without XLA copying the
+  # transposed weight at every call (every Langevin step).
   for _ in range(max(n_steps, 1)):
     v = _l2_normalize(mat @ u)  # [rest]
-    u = _l2_normalize(mat.T @ v)  # [out]
+    u = _l2_normalize(v @ mat)  # [out]
   u = jax.lax.stop_gradient(u)
   v = jax.lax.stop_gradient(v)
-  sigma = jnp.dot(u, mat.T @ v)
+  sigma = jnp.dot(u, v @ mat)
   if update_stats and not module.is_initializing():
     u_var.value = u
+  if not divide:
+    return kernel, sigma
   return (kernel / sigma).astype(kernel.dtype)
 
 
@@ -234,7 +242,12 @@ class SNConv(nn.Module):
     w = self.param('kernel', xavier_normal,
                    (self.kernel, self.kernel, x.shape[-1], self.features))
     if self.spectral_norm:
-      w = spectral_normalize(self, w, update_stats, self.sn_steps)
+      # conv(x, w / sigma) = conv(x, w) / sigma: dividing the output leaves
+      # every transform of the kernel (pool folding, Winograd, the flipped
+      # kernel of the input gradient) independent of the Langevin step, so
+      # XLA computes them once per chain instead of at every step.
+      w, sigma = spectral_normalize(self, w, update_stats, self.sn_steps,
+                                    divide=False)
     p, stride = self.padding, self.stride
     if self.pool_after:
       w = 0.25 * jnp.pad(w, ((0, 1), (0, 1), (0, 0), (0, 0)))
@@ -244,6 +257,8 @@ class SNConv(nn.Module):
     y = conv_lib.conv2d(x.astype(self.dtype), w.astype(self.dtype),
                         (stride, stride), [(p, p), (p, p)],
                         input_grad=self.input_grad)
+    if self.spectral_norm:
+      y = y / sigma.astype(y.dtype)
     if self.use_bias:
       b = self.param('bias', torch_default_bias_init(fan_in), (self.features,))
       y = y + b.astype(self.dtype)
