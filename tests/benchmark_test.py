@@ -17,7 +17,6 @@ import ml_collections
 import pytest
 
 from configs import test as test_config
-from dual_mcmc_jax import networks
 from dual_mcmc_jax import train_state as ts
 from dual_mcmc_jax import train_step
 
@@ -107,13 +106,27 @@ def test_memory_does_not_grow_with_chain_length():
 def test_torch_baseline_iterations_alternate_with_the_jax_ones():
   """--baseline=torch times one PyTorch iteration after each JAX one."""
   pytest.importorskip('torch')
-  import train_step as bench  # pylint: disable=g-import-not-at-top
-  config = ml_collections.ConfigDict(test_config.get_config().to_dict())
-  config.model.arch = 'simple'
-  order = []
-  baseline = bench.TorchBaseline(config, warmup=0)
-  result = bench.benchmark(config, 3, warmup=1, flops=False,
-                           between=lambda: order.append(baseline()))
-  assert len(order) == 3 and len(baseline.times) == 3
-  assert baseline.summary()['sec_per_iter_median'] > 0
-  assert result['iters'] == 3 and result['healthy']
+  # In a subprocess: the benchmark defines absl flags ('config') that other
+  # benchmark modules imported by this test session define too.
+  script = """
+import sys
+sys.path[:0] = ['.', 'benchmarks']
+import ml_collections
+import train_step as bench
+from configs import test
+config = ml_collections.ConfigDict(test.get_config().to_dict())
+config.model.arch = 'simple'
+order = []
+baseline = bench.TorchBaseline(config, warmup=0)
+result = bench.benchmark(config, 3, warmup=1, flops=False,
+                         between=lambda: order.append(baseline()))
+assert len(order) == 3 and len(baseline.times) == 3, order
+assert baseline.summary()['sec_per_iter_median'] > 0
+assert result['iters'] == 3 and result['healthy']
+print('ok')
+"""
+  out = subprocess.run([sys.executable, '-c', script], cwd=REPO,
+                       capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.strip().endswith('ok')
