@@ -34,7 +34,7 @@ altogether (docs/performance.md, changes 9-13):
   are stride-1 convolutions of 2x2 blocks, done by Winograd's F(2x2, 2x2)
   (`_strided_conv_by_matmul`);
 * 3x3 'same' convolutions with at least 32 channels, float32: Winograd's
-  F(2x2, 3x3) (`_winograd_conv`), with the flipped kernel for the input
+  F(2x2, 3x3) (`winograd.conv3x3`), with the flipped kernel for the input
   gradient.
 
 Winograd's algorithms trade multiplications for additions: their values
@@ -57,6 +57,8 @@ from typing import Sequence
 import jax
 from jax import lax
 import jax.numpy as jnp
+
+from dual_mcmc_jax import winograd
 
 Array = jax.Array
 Padding = Sequence[tuple[int, int]]
@@ -309,7 +311,7 @@ def _strided_conv_by_matmul(x: Array, w: Array,
   position with 4 * in channels), kernel tap (2q + p) reads block o + q at
   phase p: the conv is a (k/2) x (k/2) stride-1 'valid' conv of the blocks.
   The 4x4 kernels of the nets become 2x2 block convs, computed by
-  Winograd's F(2x2, 2x2) (`_block_conv2x2`); other sizes as a sum of
+  Winograd's F(2x2, 2x2) (`winograd.conv2x2`); other sizes as a sum of
   matrix products. XLA runs these, and the pads and reshapes around them,
   faster than its stride-2 convolution and that convolution's input
   gradient (docs/performance.md, changes 10 and 12). The values equal the
@@ -331,90 +333,13 @@ def _strided_conv_by_matmul(x: Array, w: Array,
   wb = w.reshape(kh, 2, kw, 2, c, d).transpose(0, 2, 1, 3, 4, 5).reshape(
       kh, kw, 4 * c, d)
   if (kh, kw) == (2, 2):
-    return _block_conv2x2(blocks, wb)
-  return _valid_conv_by_matmul(blocks, wb)
-
-
-def _valid_conv_by_matmul(xb: Array, wb: Array) -> Array:
-  """Stride-1 'valid' conv as one matrix product per kernel tap, summed."""
-  kh, kw = wb.shape[:2]
-  ho, wo = xb.shape[1] - kh + 1, xb.shape[2] - kw + 1
-  y = None
-  for i in range(kh):
-    for j in range(kw):
-      part = jnp.einsum('bhwk,kd->bhwd', xb[:, i:i + ho, j:j + wo], wb[i, j])
-      y = part if y is None else y + part
-  return y
-
-
-def _winograd_f22(xb: Array, wb: Array) -> Array:
-  """2x2 'valid' conv by Winograd's F(2x2, 2x2); even output sizes.
-
-  In one dimension, y0 = d0 g0 + d1 g1 and y1 = d1 g0 + d2 g1 are
-  m0 + m1 and m1 + m2 with m0 = (d0 - d1) g0, m1 = d1 (g0 + g1),
-  m2 = (d2 - d1) g1: three products for four. In two, each 3x3 input tile
-  (stride 2) gives a 2x2 output block through 9 matrix products
-  [tiles, in] x [in, out] instead of 16.
-  """
-  b, ho, wo, k = xb.shape[0], xb.shape[1] - 1, xb.shape[2] - 1, xb.shape[3]
-
-  def b_t(r):
-    return [r[0] - r[1], r[1], r[2] - r[1]]
-
-  def g_(r):
-    return [r[0], r[0] + r[1], r[1]]
-
-  def a_t(r):
-    return [r[0] + r[1], r[1] + r[2]]
-
-  rows = b_t([xb[:, i:i + ho:2] for i in range(3)])
-  v = [t for r in rows for t in b_t([r[:, :, j:j + wo:2] for j in range(3)])]
-  u = [t for r in g_([wb[0], wb[1]]) for t in g_([r[0], r[1]])]
-  m = jnp.einsum('tnc,tcd->tnd', jnp.stack(v).reshape(9, -1, k),
-                 jnp.stack(u))  # [9, B * ho/2 * wo/2, out]
-  m = m.reshape(3, 3, b, ho // 2, wo // 2, -1)
-  y = [a_t([r[0], r[1], r[2]]) for r in a_t([m[0], m[1], m[2]])]
-  y = jnp.stack([jnp.stack(r, axis=3) for r in y], axis=2)
-  return y.reshape(b, ho, wo, -1)
-
-
-def _conv2x2(xb: Array, wb: Array) -> Array:
-  """2x2 'valid' conv: Winograd where the output sizes are even (float32)."""
-  if (xb.shape[1] % 2 and xb.shape[2] % 2 and xb.dtype == jnp.float32):
-    return _winograd_f22(xb, wb)
-  return _valid_conv_by_matmul(xb, wb)
-
-
-@jax.custom_vjp
-def _block_conv2x2(xb: Array, wb: Array) -> Array:
-  return _conv2x2(xb, wb)
-
-
-def _block_conv2x2_fwd(xb, wb):
-  return _conv2x2(xb, wb), (xb, wb)
-
-
-def _block_conv2x2_bwd(res, g):
-  """Input gradient: the 'full' correlation with the flipped kernel.
-
-  That is a 2x2 valid conv of g padded by one on each side; one more row
-  and column of padding make its output even for Winograd, then cropped.
-  """
-  xb, wb = res
-  gp = jnp.pad(g, ((0, 0), (1, 2), (1, 2), (0, 0)))
-  gx = _conv2x2(gp, jnp.flip(wb, (0, 1)).transpose(0, 1, 3, 2))
-  gx = gx[:, :xb.shape[1], :xb.shape[2]]
-  _, w_vjp = jax.vjp(lambda w_: _valid_conv_by_matmul(xb, w_), wb)
-  (gw,) = w_vjp(g)
-  return gx.astype(xb.dtype), gw
-
-
-_block_conv2x2.defvjp(_block_conv2x2_fwd, _block_conv2x2_bwd)
+    return winograd.conv2x2(blocks, wb)
+  return winograd.valid_conv_by_matmul(blocks, wb)
 
 
 def _is_winograd(x: Array, w: Array, strides: Pair,
                  padding: tuple[Pair, Pair], lhs_dilation: Pair) -> bool:
-  """Whether `_winograd_conv` computes this convolution.
+  """Whether `winograd.conv3x3` computes this convolution.
 
   3x3, stride 1, padding 1, even height and width, float32, and at least
   32 channels in and out: below that the transforms cost more than the
@@ -426,62 +351,6 @@ def _is_winograd(x: Array, w: Array, strides: Pair,
           and x.dtype == jnp.float32 and min(w.shape[2:]) >= 32)
 
 
-def _winograd_f23(x: Array, w: Array) -> Array:
-  """3x3 'same' conv by Winograd's F(2x2, 3x3) algorithm.
-
-  Each 4x4 input tile (stride 2) and the kernel are mapped to a 4x4
-  transform domain (B^T d B and G g G^T), where the conv is an elementwise
-  product, summed over channels: 16 matrix products [tiles, in] x [in, out]
-  instead of 36 (2.25x fewer multiplications); A^T m A maps each back to a
-  2x2 output block. With B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]],
-  G = [[1,0,0],[.5,.5,.5],[.5,-.5,.5],[0,0,1]], A^T = [[1,1,1,0],
-  [0,1,-1,-1]] (Lavin & Gray, 2016), written out as adds so that XLA fuses
-  them. Values equal the direct conv's to about 1e-6 relative (float32).
-  """
-  b, h, wd, c = x.shape
-  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-
-  def b_t(r):  # B^T applied to four rows (or columns)
-    return [r[0] - r[2], r[1] + r[2], r[2] - r[1], r[1] - r[3]]
-
-  def g_(r):  # G applied to three rows (or columns)
-    return [r[0], 0.5 * (r[0] + r[1] + r[2]), 0.5 * (r[0] - r[1] + r[2]),
-            r[2]]
-
-  def a_t(r):  # A^T applied to four rows (or columns)
-    return [r[0] + r[1] + r[2], r[1] - r[2] - r[3]]
-
-  rows = b_t([xp[:, i:i + h:2] for i in range(4)])  # [B, h/2, W + 2, C]
-  v = [t for r in rows for t in b_t([r[:, :, j:j + wd:2] for j in range(4)])]
-  u = [t for r in g_([w[0], w[1], w[2]]) for t in g_([r[0], r[1], r[2]])]
-  m = jnp.einsum('tnc,tcd->tnd', jnp.stack(v).reshape(16, -1, c),
-                 jnp.stack(u))  # [16, B * h/2 * w/2, out]
-  m = m.reshape(4, 4, b, h // 2, wd // 2, -1)
-  y = [a_t([r[0], r[1], r[2], r[3]]) for r in a_t([m[0], m[1], m[2], m[3]])]
-  y = jnp.stack([jnp.stack(r, axis=3) for r in y], axis=2)
-  return y.reshape(b, h, wd, -1)  # [B, h/2, 2, w/2, 2, out] interleaved
-
-
-@jax.custom_vjp
-def _winograd_conv(x: Array, w: Array) -> Array:
-  return _winograd_f23(x, w)
-
-
-def _winograd_fwd(x, w):
-  return _winograd_f23(x, w), (x, w)
-
-
-def _winograd_bwd(res, g):
-  """Input gradient: the same 'same' conv of g with the flipped kernel."""
-  x, w = res
-  gx = _winograd_f23(g, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2))
-  _, w_vjp = jax.vjp(
-      lambda w_: _conv(x, w_, (1, 1), ((1, 1), (1, 1)), (1, 1)), w)
-  (gw,) = w_vjp(g)
-  return gx, gw
-
-
-_winograd_conv.defvjp(_winograd_fwd, _winograd_bwd)
 
 
 def conv2d(x: Array, w: Array, strides: Sequence[int] = (1, 1),
@@ -512,5 +381,5 @@ def conv2d(x: Array, w: Array, strides: Sequence[int] = (1, 1),
   if _is_strided(x, w, strides, lhs_dilation):
     return _strided_conv_by_matmul(x, w, padding)
   if _is_winograd(x, w, strides, padding, lhs_dilation):
-    return _winograd_conv(x, w)
+    return winograd.conv3x3(x, w)
   return _conv_forward_conv_grad(x, w, strides, padding, lhs_dilation)

@@ -18,6 +18,7 @@ from dual_mcmc_jax import conv
 from dual_mcmc_jax import langevin
 from dual_mcmc_jax import networks
 from dual_mcmc_jax import train_state as ts
+from dual_mcmc_jax import winograd
 from dual_mcmc_jax import sampling
 
 # (size, kernel, stride, padding, lhs_dilation): every conv the nets use, and
@@ -211,9 +212,9 @@ def test_winograd_2x2_block_conv_equals_the_sum_of_tap_products():
   """The 4x4 stride-2 convs after space-to-depth: F(2x2, 2x2)."""
   xb = jax.random.normal(jax.random.key(0), (2, 9, 5, 12))
   wb = jax.random.normal(jax.random.key(1), (2, 2, 12, 7))
-  expected = conv._valid_conv_by_matmul(xb, wb)
+  expected = winograd.valid_conv_by_matmul(xb, wb)
   assert expected.shape == (2, 8, 4, 7)
-  got = conv._winograd_f22(xb, wb)
+  got = winograd.f22(xb, wb)
   np.testing.assert_allclose(got, expected, rtol=0,
                              atol=2e-6 * float(jnp.max(jnp.abs(expected))))
   direct = jax.lax.conv_general_dilated(

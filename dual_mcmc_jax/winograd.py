@@ -1,0 +1,164 @@
+"""Winograd's minimal-filtering convolutions, for the CPU's conv rule.
+
+Two of Lavin & Gray's (2016) algorithms, used by `conv.conv2d` on its
+`forward_conv` rule (docs/performance.md, changes 11 and 12):
+
+* `conv3x3`: 3x3 'same' convolutions by F(2x2, 3x3), 16 matrix products
+  per 2x2 output block where the direct convolution has 36;
+* `conv2x2`: 2x2 'valid' convolutions by F(2x2, 2x2), 9 products for 16;
+  the 4x4 stride-2 convolutions of the nets become these after
+  space-to-depth (`conv._strided_conv_by_matmul`).
+
+The transforms are additions written out, which XLA fuses; the products
+run on XLA's matrix kernels. Both have custom VJPs whose input gradient is
+the same algorithm with the flipped kernel; the kernel gradients (needed
+outside the chains only) are direct. Values equal the direct convolution's
+to float32 rounding (about 1e-6 relative).
+"""
+
+from __future__ import annotations
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+
+Array = jax.Array
+_DIMS = ('NHWC', 'HWIO', 'NHWC')
+
+
+def valid_conv_by_matmul(xb: Array, wb: Array) -> Array:
+  """Stride-1 'valid' conv as one matrix product per kernel tap, summed."""
+  kh, kw = wb.shape[:2]
+  ho, wo = xb.shape[1] - kh + 1, xb.shape[2] - kw + 1
+  y = None
+  for i in range(kh):
+    for j in range(kw):
+      part = jnp.einsum('bhwk,kd->bhwd', xb[:, i:i + ho, j:j + wo], wb[i, j])
+      y = part if y is None else y + part
+  return y
+
+
+def f22(xb: Array, wb: Array) -> Array:
+  """2x2 'valid' conv by Winograd's F(2x2, 2x2); even output sizes.
+
+  In one dimension, y0 = d0 g0 + d1 g1 and y1 = d1 g0 + d2 g1 are
+  m0 + m1 and m1 + m2 with m0 = (d0 - d1) g0, m1 = d1 (g0 + g1),
+  m2 = (d2 - d1) g1: three products for four. In two, each 3x3 input tile
+  (stride 2) gives a 2x2 output block through 9 matrix products
+  [tiles, in] x [in, out] instead of 16.
+  """
+  b, ho, wo, k = xb.shape[0], xb.shape[1] - 1, xb.shape[2] - 1, xb.shape[3]
+
+  def b_t(r):
+    return [r[0] - r[1], r[1], r[2] - r[1]]
+
+  def g_(r):
+    return [r[0], r[0] + r[1], r[1]]
+
+  def a_t(r):
+    return [r[0] + r[1], r[1] + r[2]]
+
+  rows = b_t([xb[:, i:i + ho:2] for i in range(3)])
+  v = [t for r in rows for t in b_t([r[:, :, j:j + wo:2] for j in range(3)])]
+  u = [t for r in g_([wb[0], wb[1]]) for t in g_([r[0], r[1]])]
+  m = jnp.einsum('tnc,tcd->tnd', jnp.stack(v).reshape(9, -1, k),
+                 jnp.stack(u))  # [9, B * ho/2 * wo/2, out]
+  m = m.reshape(3, 3, b, ho // 2, wo // 2, -1)
+  y = [a_t([r[0], r[1], r[2]]) for r in a_t([m[0], m[1], m[2]])]
+  y = jnp.stack([jnp.stack(r, axis=3) for r in y], axis=2)
+  return y.reshape(b, ho, wo, -1)
+
+
+def _f22_or_direct(xb: Array, wb: Array) -> Array:
+  """2x2 'valid' conv: Winograd where the output sizes are even (float32)."""
+  if (xb.shape[1] % 2 and xb.shape[2] % 2 and xb.dtype == jnp.float32):
+    return f22(xb, wb)
+  return valid_conv_by_matmul(xb, wb)
+
+
+@jax.custom_vjp
+def conv2x2(xb: Array, wb: Array) -> Array:
+  """[B, H, W, in] x [2, 2, in, out] 'valid' conv -> [B, H-1, W-1, out]."""
+  return _f22_or_direct(xb, wb)
+
+
+def _conv2x2_fwd(xb, wb):
+  return _f22_or_direct(xb, wb), (xb, wb)
+
+
+def _conv2x2_bwd(res, g):
+  """Input gradient: the 'full' correlation with the flipped kernel.
+
+  That is a 2x2 valid conv of g padded by one on each side; one more row
+  and column of padding make its output even for Winograd, then cropped.
+  """
+  xb, wb = res
+  gp = jnp.pad(g, ((0, 0), (1, 2), (1, 2), (0, 0)))
+  gx = _f22_or_direct(gp, jnp.flip(wb, (0, 1)).transpose(0, 1, 3, 2))
+  gx = gx[:, :xb.shape[1], :xb.shape[2]]
+  _, w_vjp = jax.vjp(lambda w_: valid_conv_by_matmul(xb, w_), wb)
+  (gw,) = w_vjp(g)
+  return gx.astype(xb.dtype), gw
+
+
+conv2x2.defvjp(_conv2x2_fwd, _conv2x2_bwd)
+
+
+def f23(x: Array, w: Array) -> Array:
+  """3x3 'same' conv by Winograd's F(2x2, 3x3) algorithm.
+
+  Each 4x4 input tile (stride 2) and the kernel are mapped to a 4x4
+  transform domain (B^T d B and G g G^T), where the conv is an elementwise
+  product, summed over channels: 16 matrix products [tiles, in] x [in, out]
+  instead of 36 (2.25x fewer multiplications); A^T m A maps each back to a
+  2x2 output block. With B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]],
+  G = [[1,0,0],[.5,.5,.5],[.5,-.5,.5],[0,0,1]], A^T = [[1,1,1,0],
+  [0,1,-1,-1]] (Lavin & Gray, 2016), written out as adds so that XLA fuses
+  them. Values equal the direct conv's to about 1e-6 relative (float32).
+  """
+  b, h, wd, c = x.shape
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+
+  def b_t(r):  # B^T applied to four rows (or columns)
+    return [r[0] - r[2], r[1] + r[2], r[2] - r[1], r[1] - r[3]]
+
+  def g_(r):  # G applied to three rows (or columns)
+    return [r[0], 0.5 * (r[0] + r[1] + r[2]), 0.5 * (r[0] - r[1] + r[2]),
+            r[2]]
+
+  def a_t(r):  # A^T applied to four rows (or columns)
+    return [r[0] + r[1] + r[2], r[1] - r[2] - r[3]]
+
+  rows = b_t([xp[:, i:i + h:2] for i in range(4)])  # [B, h/2, W + 2, C]
+  v = [t for r in rows for t in b_t([r[:, :, j:j + wd:2] for j in range(4)])]
+  u = [t for r in g_([w[0], w[1], w[2]]) for t in g_([r[0], r[1], r[2]])]
+  m = jnp.einsum('tnc,tcd->tnd', jnp.stack(v).reshape(16, -1, c),
+                 jnp.stack(u))  # [16, B * h/2 * w/2, out]
+  m = m.reshape(4, 4, b, h // 2, wd // 2, -1)
+  y = [a_t([r[0], r[1], r[2], r[3]]) for r in a_t([m[0], m[1], m[2], m[3]])]
+  y = jnp.stack([jnp.stack(r, axis=3) for r in y], axis=2)
+  return y.reshape(b, h, wd, -1)  # [B, h/2, 2, w/2, 2, out] interleaved
+
+
+@jax.custom_vjp
+def conv3x3(x: Array, w: Array) -> Array:
+  """[B, H, W, in] x [3, 3, in, out] 'same' conv (H, W even) -> [B, H, W, out]."""
+  return f23(x, w)
+
+
+def _conv3x3_fwd(x, w):
+  return f23(x, w), (x, w)
+
+
+def _conv3x3_bwd(res, g):
+  """Input gradient: the same 'same' conv of g with the flipped kernel."""
+  x, w = res
+  gx = f23(g, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2))
+  _, w_vjp = jax.vjp(
+      lambda w_: lax.conv_general_dilated(
+          x, w_, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_DIMS), w)
+  (gw,) = w_vjp(g)
+  return gx, gw
+
+
+conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
