@@ -155,18 +155,29 @@ def _fwd(x, w, strides, padding, lhs_dilation):
   return _conv(x, w, strides, padding, lhs_dilation), (x, w)
 
 
-def _bwd(strides, padding, lhs_dilation, res, g):
-  x, w = res
+def _input_grad_conv_args(x: Array, g: Array, w: Array, strides: Pair,
+                          padding: tuple[Pair, Pair], lhs_dilation: Pair
+                          ) -> tuple[Array, tuple[Pair, Pair]]:
+  """Kernel and padding of the forward conv of g that is x's gradient.
+
+  The kernel is flipped and in/out-swapped, materialised on purpose (a
+  transposed *view* is what XLA runs slowly); that conv's window stride is
+  the forward's input dilation and its input dilation the forward's stride.
+  """
   pads = tuple(_input_grad_padding(x.shape[1 + i], g.shape[1 + i],
                                    w.shape[i], strides[i], lhs_dilation[i],
                                    padding[i]) for i in range(2))
-  # Materialised on purpose: a transposed *view* is what XLA runs slowly.
   w_t = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)  # [kh, kw, out, in]
-  # The roles of the window stride and the input dilation swap.
+  return w_t.astype(g.dtype), pads
+
+
+def _bwd(strides, padding, lhs_dilation, res, g):
+  x, w = res
+  w_t, pads = _input_grad_conv_args(x, g, w, strides, padding, lhs_dilation)
   if lhs_dilation == (1, 1) and strides == (2, 2):
-    gx = _dilated_conv_by_phases(g, w_t.astype(g.dtype), pads)
+    gx = _dilated_conv_by_phases(g, w_t, pads)
   else:
-    gx = _conv(g, w_t.astype(g.dtype), lhs_dilation, pads, strides)
+    gx = _conv(g, w_t, lhs_dilation, pads, strides)
   if strides == (1, 1) and lhs_dilation != (1, 1):
     gw = _transposed_conv_kernel_grad(x, g, padding, lhs_dilation)
   else:
@@ -277,12 +288,8 @@ def _transposed_conv_fwd(x, w, padding, lhs_dilation):
 
 def _transposed_conv_bwd(padding, lhs_dilation, res, g):
   x, w = res
-  pads = tuple(_input_grad_padding(x.shape[1 + i], g.shape[1 + i],
-                                   w.shape[i], 1, lhs_dilation[i],
-                                   padding[i]) for i in range(2))
-  w_t = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)  # [kh, kw, out, in]
-  gx = conv2d(g, w_t.astype(g.dtype), lhs_dilation, pads,
-              input_grad='forward_conv')
+  w_t, pads = _input_grad_conv_args(x, g, w, (1, 1), padding, lhs_dilation)
+  gx = conv2d(g, w_t, lhs_dilation, pads, input_grad='forward_conv')
   _, w_vjp = jax.vjp(
       lambda w_: _transposed_conv_by_matmul(x, w_, padding, lhs_dilation), w)
   (gw,) = w_vjp(g)
@@ -349,8 +356,6 @@ def _is_winograd(x: Array, w: Array, strides: Pair,
           and lhs_dilation == (1, 1) and padding == ((1, 1), (1, 1))
           and x.ndim == 4 and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0
           and x.dtype == jnp.float32 and min(w.shape[2:]) >= 32)
-
-
 
 
 def conv2d(x: Array, w: Array, strides: Sequence[int] = (1, 1),

@@ -38,6 +38,29 @@ def valid_conv_by_matmul(xb: Array, wb: Array) -> Array:
   return y
 
 
+def _winograd_f2(xp: Array, w: Array, b_t, g_, a_t) -> Array:
+  """Winograd's F(2x2, r x r) 'valid' conv of an (already padded) input.
+
+  Each (r + 1) x (r + 1) input tile (stride 2) and the kernel go to the
+  transform domain (`b_t` on rows then columns of the tile, `g_` on those
+  of the kernel), where the conv is (r + 1)^2 matrix products
+  [tiles, in] x [in, out]; `a_t` maps each tile back to a 2x2 output
+  block, and the blocks are interleaved. The output sizes must be even.
+  """
+  n = w.shape[0] + 1  # input tile size
+  b, ho, wo, c = (xp.shape[0], xp.shape[1] - n + 2, xp.shape[2] - n + 2,
+                  xp.shape[3])
+  rows = b_t([xp[:, i:i + ho:2] for i in range(n)])  # [B, ho/2, W, in]
+  v = [t for r in rows for t in b_t([r[:, :, j:j + wo:2] for j in range(n)])]
+  u = [t for r in g_(list(w)) for t in g_(list(r))]
+  m = jnp.einsum('tnc,tcd->tnd', jnp.stack(v).reshape(n * n, -1, c),
+                 jnp.stack(u))  # [n^2, B * ho/2 * wo/2, out]
+  m = m.reshape(n, n, b, ho // 2, wo // 2, -1)
+  y = [a_t(list(r)) for r in a_t(list(m))]
+  y = jnp.stack([jnp.stack(r, axis=3) for r in y], axis=2)
+  return y.reshape(b, ho, wo, -1)  # [B, ho/2, 2, wo/2, 2, out] interleaved
+
+
 def f22(xb: Array, wb: Array) -> Array:
   """2x2 'valid' conv by Winograd's F(2x2, 2x2); even output sizes.
 
@@ -47,26 +70,11 @@ def f22(xb: Array, wb: Array) -> Array:
   (stride 2) gives a 2x2 output block through 9 matrix products
   [tiles, in] x [in, out] instead of 16.
   """
-  b, ho, wo, k = xb.shape[0], xb.shape[1] - 1, xb.shape[2] - 1, xb.shape[3]
-
-  def b_t(r):
-    return [r[0] - r[1], r[1], r[2] - r[1]]
-
-  def g_(r):
-    return [r[0], r[0] + r[1], r[1]]
-
-  def a_t(r):
-    return [r[0] + r[1], r[1] + r[2]]
-
-  rows = b_t([xb[:, i:i + ho:2] for i in range(3)])
-  v = [t for r in rows for t in b_t([r[:, :, j:j + wo:2] for j in range(3)])]
-  u = [t for r in g_([wb[0], wb[1]]) for t in g_([r[0], r[1]])]
-  m = jnp.einsum('tnc,tcd->tnd', jnp.stack(v).reshape(9, -1, k),
-                 jnp.stack(u))  # [9, B * ho/2 * wo/2, out]
-  m = m.reshape(3, 3, b, ho // 2, wo // 2, -1)
-  y = [a_t([r[0], r[1], r[2]]) for r in a_t([m[0], m[1], m[2]])]
-  y = jnp.stack([jnp.stack(r, axis=3) for r in y], axis=2)
-  return y.reshape(b, ho, wo, -1)
+  return _winograd_f2(
+      xb, wb,
+      b_t=lambda r: [r[0] - r[1], r[1], r[2] - r[1]],
+      g_=lambda r: [r[0], r[0] + r[1], r[1]],
+      a_t=lambda r: [r[0] + r[1], r[1] + r[2]])
 
 
 def _f22_or_direct(xb: Array, wb: Array) -> Array:
@@ -116,28 +124,12 @@ def f23(x: Array, w: Array) -> Array:
   [0,1,-1,-1]] (Lavin & Gray, 2016), written out as adds so that XLA fuses
   them. Values equal the direct conv's to about 1e-6 relative (float32).
   """
-  b, h, wd, c = x.shape
-  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-
-  def b_t(r):  # B^T applied to four rows (or columns)
-    return [r[0] - r[2], r[1] + r[2], r[2] - r[1], r[1] - r[3]]
-
-  def g_(r):  # G applied to three rows (or columns)
-    return [r[0], 0.5 * (r[0] + r[1] + r[2]), 0.5 * (r[0] - r[1] + r[2]),
-            r[2]]
-
-  def a_t(r):  # A^T applied to four rows (or columns)
-    return [r[0] + r[1] + r[2], r[1] - r[2] - r[3]]
-
-  rows = b_t([xp[:, i:i + h:2] for i in range(4)])  # [B, h/2, W + 2, C]
-  v = [t for r in rows for t in b_t([r[:, :, j:j + wd:2] for j in range(4)])]
-  u = [t for r in g_([w[0], w[1], w[2]]) for t in g_([r[0], r[1], r[2]])]
-  m = jnp.einsum('tnc,tcd->tnd', jnp.stack(v).reshape(16, -1, c),
-                 jnp.stack(u))  # [16, B * h/2 * w/2, out]
-  m = m.reshape(4, 4, b, h // 2, wd // 2, -1)
-  y = [a_t([r[0], r[1], r[2], r[3]]) for r in a_t([m[0], m[1], m[2], m[3]])]
-  y = jnp.stack([jnp.stack(r, axis=3) for r in y], axis=2)
-  return y.reshape(b, h, wd, -1)  # [B, h/2, 2, w/2, 2, out] interleaved
+  return _winograd_f2(
+      jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), w,
+      b_t=lambda r: [r[0] - r[2], r[1] + r[2], r[2] - r[1], r[1] - r[3]],
+      g_=lambda r: [r[0], 0.5 * (r[0] + r[1] + r[2]),
+                    0.5 * (r[0] - r[1] + r[2]), r[2]],
+      a_t=lambda r: [r[0] + r[1] + r[2], r[1] - r[2] - r[3]])
 
 
 @jax.custom_vjp
