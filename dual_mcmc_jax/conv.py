@@ -32,7 +32,9 @@ altogether (docs/performance.md, changes 9-13):
 * stride-2 convolutions with an even kernel (the plain nets' 4x4
   downsampling, the residual EBM's pooled convs): after space-to-depth they
   are stride-1 convolutions of 2x2 blocks, done by Winograd's F(2x2, 2x2)
-  (`_strided_conv_by_matmul`);
+  (`_strided_conv_by_matmul`); the 4x4 ones with padding 1 take their
+  input gradient, a transposed convolution, as four output phases, each
+  by F(2x2, 2x2) (`_strided_conv4`, change 16);
 * 3x3 'same' convolutions with at least 32 channels, float32: Winograd's
   F(2x2, 3x3) (`winograd.conv3x3`), with the flipped kernel for the input
   gradient.
@@ -299,6 +301,64 @@ def _transposed_conv_bwd(padding, lhs_dilation, res, g):
 _transposed_conv.defvjp(_transposed_conv_fwd, _transposed_conv_bwd)
 
 
+def _upsample_by_phases(x: Array, w: Array) -> Array:
+  """A 4x4 transposed convolution with stride 2 and padding 1, by phases.
+
+  That is the conv of x dilated by 2 and padded by 2 with the 4x4 kernel
+  w: output row 2m + p reads input rows m - 1 + p and m + p through taps
+  p and p + 2, so each of the four output phases (even / odd rows and
+  columns) is a 2x2 'valid' conv of x padded by one, with the taps
+  w[p::2, q::2], done by Winograd's F(2x2, 2x2) (9 products per 2x2
+  block of each phase where the direct form has 16). Below 32 output
+  channels the transforms cost more than they save, and the one matrix
+  product of `_transposed_conv_by_matmul` is used instead.
+  """
+  b, h, wd, _ = x.shape
+  if w.shape[3] < 32:
+    return _transposed_conv_by_matmul(x, w, ((2, 2), (2, 2)), (2, 2))
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  rows = [jnp.stack([winograd.conv2x2_forward(
+      xp[:, p:p + h + 1, q:q + wd + 1], w[p::2, q::2]) for q in (0, 1)],
+                    axis=3) for p in (0, 1)]  # 2 x [B, H, W, 2, out]
+  return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * wd, -1)
+
+
+def _is_strided4(x: Array, w: Array, padding: tuple[Pair, Pair]) -> bool:
+  """A 4x4 stride-2 conv with padding 1 of an even-sized input (the nets')."""
+  return (w.shape[:2] == (4, 4) and padding == ((1, 1), (1, 1))
+          and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0)
+
+
+@jax.custom_vjp
+def _strided_conv4(x: Array, w: Array) -> Array:
+  return _strided_conv_by_matmul(x, w, ((1, 1), (1, 1)))
+
+
+def _strided_conv4_fwd(x, w):
+  return _strided_conv4(x, w), (x, w)
+
+
+def _strided_conv4_bwd(res, g):
+  """Input gradient: the transposed conv of g, by phases; kernel: direct.
+
+  The input gradient of a 4x4 stride-2 conv with padding 1 is the 4x4
+  transposed conv (stride 2, padding 1) of the output gradient with the
+  flipped, in/out-swapped kernel. Done in the space-to-depth blocks, the
+  blocks at the border are computed and then cropped (2.25x the needed
+  products at a 4x4 output); by phases, only the needed outputs are.
+  """
+  x, w = res
+  w_t = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2).astype(g.dtype)
+  gx = _upsample_by_phases(g, w_t)
+  _, w_vjp = jax.vjp(lambda w_: _strided_conv_by_matmul(
+      x, w_, ((1, 1), (1, 1)), direct=True), w)
+  (gw,) = w_vjp(g)
+  return gx.astype(x.dtype), gw.astype(w.dtype)
+
+
+_strided_conv4.defvjp(_strided_conv4_fwd, _strided_conv4_bwd)
+
+
 def _is_strided(x: Array, w: Array, strides: Pair,
                 lhs_dilation: Pair) -> bool:
   """Whether `_strided_conv_by_matmul` computes this convolution.
@@ -311,7 +371,8 @@ def _is_strided(x: Array, w: Array, strides: Pair,
 
 
 def _strided_conv_by_matmul(x: Array, w: Array,
-                            padding: tuple[Pair, Pair]) -> Array:
+                            padding: tuple[Pair, Pair],
+                            direct: bool = False) -> Array:
   """A stride-2 conv with an even kernel as a stride-1 conv of 2x2 blocks.
 
   After space-to-depth (each 2x2 block of the padded input becomes one
@@ -319,10 +380,13 @@ def _strided_conv_by_matmul(x: Array, w: Array,
   phase p: the conv is a (k/2) x (k/2) stride-1 'valid' conv of the blocks.
   The 4x4 kernels of the nets become 2x2 block convs, computed by
   Winograd's F(2x2, 2x2) (`winograd.conv2x2`); other sizes as a sum of
-  matrix products. XLA runs these, and the pads and reshapes around them,
-  faster than its stride-2 convolution and that convolution's input
-  gradient (docs/performance.md, changes 10 and 12). The values equal the
-  convolution's to float32 rounding.
+  matrix products, and inputs with fewer than 8 channels (the images) as
+  one matrix product of the gathered windows (`winograd.im2col_conv`).
+  XLA runs these, and the pads and reshapes around them, faster than its
+  stride-2 convolution and that convolution's input gradient
+  (docs/performance.md, changes 10, 12 and 16). The values equal the
+  convolution's to float32 rounding. `direct=True` skips Winograd (the
+  kernel gradients, outside the chains, are autodiff's of the products).
   """
   b, c, d = x.shape[0], x.shape[3], w.shape[3]
   kh, kw = w.shape[0] // 2, w.shape[1] // 2
@@ -339,7 +403,9 @@ def _strided_conv_by_matmul(x: Array, w: Array,
       b, need[0] // 2, need[1] // 2, 4 * c)
   wb = w.reshape(kh, 2, kw, 2, c, d).transpose(0, 2, 1, 3, 4, 5).reshape(
       kh, kw, 4 * c, d)
-  if (kh, kw) == (2, 2):
+  if 4 * c < 32:
+    return winograd.im2col_conv(blocks, wb)
+  if (kh, kw) == (2, 2) and not direct:
     return winograd.conv2x2(blocks, wb)
   return winograd.valid_conv_by_matmul(blocks, wb)
 
@@ -384,6 +450,8 @@ def conv2d(x: Array, w: Array, strides: Sequence[int] = (1, 1),
   if _is_transposed(x, w, strides, padding, lhs_dilation):
     return _transposed_conv(x, w, padding, lhs_dilation)
   if _is_strided(x, w, strides, lhs_dilation):
+    if _is_strided4(x, w, padding):
+      return _strided_conv4(x, w)
     return _strided_conv_by_matmul(x, w, padding)
   if _is_winograd(x, w, strides, padding, lhs_dilation):
     return winograd.conv3x3(x, w)

@@ -38,6 +38,20 @@ def valid_conv_by_matmul(xb: Array, wb: Array) -> Array:
   return y
 
 
+def im2col_conv(xb: Array, wb: Array) -> Array:
+  """Stride-1 'valid' conv as one matrix product of the gathered windows.
+
+  For few input channels (the first layer's 3, or 12 after space-to-depth)
+  one product [B * H' * W', kh * kw * in] x [kh * kw * in, out] keeps the
+  matrix kernels busier than one thin product per tap.
+  """
+  kh, kw = wb.shape[:2]
+  ho, wo = xb.shape[1] - kh + 1, xb.shape[2] - kw + 1
+  cols = jnp.concatenate([xb[:, i:i + ho, j:j + wo] for i in range(kh)
+                          for j in range(kw)], axis=-1)
+  return jnp.einsum('bhwk,kd->bhwd', cols, wb.reshape(-1, wb.shape[3]))
+
+
 def _winograd_f2(xp: Array, w: Array, b_t, g_, a_t) -> Array:
   """Winograd's F(2x2, r x r) 'valid' conv of an (already padded) input.
 
@@ -77,7 +91,7 @@ def f22(xb: Array, wb: Array) -> Array:
       a_t=lambda r: [r[0] + r[1], r[1] + r[2]])
 
 
-def _f22_or_direct(xb: Array, wb: Array) -> Array:
+def conv2x2_forward(xb: Array, wb: Array) -> Array:
   """2x2 'valid' conv: Winograd where the output sizes are even (float32)."""
   if (xb.shape[1] % 2 and xb.shape[2] % 2 and xb.dtype == jnp.float32):
     return f22(xb, wb)
@@ -87,11 +101,11 @@ def _f22_or_direct(xb: Array, wb: Array) -> Array:
 @jax.custom_vjp
 def conv2x2(xb: Array, wb: Array) -> Array:
   """[B, H, W, in] x [2, 2, in, out] 'valid' conv -> [B, H-1, W-1, out]."""
-  return _f22_or_direct(xb, wb)
+  return conv2x2_forward(xb, wb)
 
 
 def _conv2x2_fwd(xb, wb):
-  return _f22_or_direct(xb, wb), (xb, wb)
+  return conv2x2_forward(xb, wb), (xb, wb)
 
 
 def _conv2x2_bwd(res, g):
@@ -102,7 +116,7 @@ def _conv2x2_bwd(res, g):
   """
   xb, wb = res
   gp = jnp.pad(g, ((0, 0), (1, 2), (1, 2), (0, 0)))
-  gx = _f22_or_direct(gp, jnp.flip(wb, (0, 1)).transpose(0, 1, 3, 2))
+  gx = conv2x2_forward(gp, jnp.flip(wb, (0, 1)).transpose(0, 1, 3, 2))
   gx = gx[:, :xb.shape[1], :xb.shape[2]]
   _, w_vjp = jax.vjp(lambda w_: valid_conv_by_matmul(xb, w_), wb)
   (gw,) = w_vjp(g)

@@ -221,3 +221,54 @@ def test_winograd_2x2_block_conv_equals_the_sum_of_tap_products():
       xb, wb, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
   np.testing.assert_allclose(got, direct, rtol=0,
                              atol=2e-6 * float(jnp.max(jnp.abs(direct))))
+
+
+@pytest.mark.parametrize('size,cin,cout', [
+    (8, 32, 40),  # 4 * cin >= 32: Winograd blocks; input gradient by phases
+    (16, 3, 32),  # RGB input: gathered windows; gradient as one product
+    (4, 40, 33),  # a 2x2 output
+    (8, 6, 48),   # 4 * cin < 32 with a 32+-channel gradient
+])
+def test_strided_4x4_conv_and_its_phase_gradient_equal_autodiff(size, cin,
+                                                                cout):
+  """4x4 stride-2 convs with padding 1 (`conv._strided_conv4`)."""
+  x = jax.random.normal(jax.random.key(0), (2, size, size, cin))
+  w = jax.random.normal(jax.random.key(1), (4, 4, cin, cout))
+  args = ((2, 2), ((1, 1), (1, 1)), (1, 1))
+  assert conv._is_strided4(x, w, args[1])
+
+  def loss(x, w, rule):
+    return jnp.sum(jnp.sin(conv.conv2d(x, w, *args, rule)))
+
+  expected = conv.conv2d(x, w, *args, 'xla')
+  got = conv.conv2d(x, w, *args, 'forward_conv')
+  np.testing.assert_allclose(got, expected, rtol=0,
+                             atol=2e-6 * float(jnp.max(jnp.abs(expected))))
+  for a, b in zip(jax.grad(loss, (0, 1))(x, w, 'forward_conv'),
+                  jax.grad(loss, (0, 1))(x, w, 'xla')):
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a, b, rtol=0,
+                               atol=2e-5 * float(jnp.max(jnp.abs(b))))
+
+
+@pytest.mark.parametrize('cout', [3, 32])
+def test_upsampling_by_phases_equals_the_transposed_conv(cout):
+  """Four F(2x2, 2x2) phases (or one product below 32 outputs)."""
+  x = jax.random.normal(jax.random.key(2), (2, 4, 6, 40))
+  w = jax.random.normal(jax.random.key(3), (4, 4, 40, cout))
+  expected = jax.lax.conv_general_dilated(
+      x, w, (1, 1), ((2, 2), (2, 2)), lhs_dilation=(2, 2),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  got = conv._upsample_by_phases(x, w)
+  assert got.shape == expected.shape == (2, 8, 12, cout)
+  np.testing.assert_allclose(got, expected, rtol=0,
+                             atol=2e-6 * float(jnp.max(jnp.abs(expected))))
+
+
+def test_gathered_windows_conv_equals_the_sum_of_tap_products():
+  xb = jax.random.normal(jax.random.key(4), (2, 9, 7, 12))
+  wb = jax.random.normal(jax.random.key(5), (2, 3, 12, 5))
+  expected = winograd.valid_conv_by_matmul(xb, wb)
+  np.testing.assert_allclose(winograd.im2col_conv(xb, wb), expected,
+                             rtol=0,
+                             atol=2e-6 * float(jnp.max(jnp.abs(expected))))
