@@ -40,6 +40,29 @@ Array = jax.Array
 Metrics = dict[str, Array]
 
 
+def _after(done: Any, *values: Any) -> Any:
+  """Returns `values` unchanged, computed only once `done` is.
+
+  XLA's CPU backend runs independent parts of the step concurrently; with
+  few cores a Langevin chain then shares them with updates that do not
+  depend on it, and the chain slows down by more than running in turn
+  costs (docs/performance.md, change 17). That backend drops
+  `lax.optimization_barrier` before it schedules, so the dependency is
+  data: each value gets a zero added, made from the first element of each
+  float leaf of `done` (non-finite elements count as zero). Values do not
+  change. Other backends get `values` as they are.
+  """
+  leaves = [leaf for leaf in jax.tree.leaves(done)
+            if jnp.issubdtype(leaf.dtype, jnp.inexact)]
+  if jax.default_backend() != 'cpu' or not leaves:
+    return values
+  zero = jnp.zeros((), jnp.float32)
+  for leaf in leaves:
+    first = leaf.ravel()[0].astype(jnp.float32)
+    zero = zero + 0.0 * jnp.where(jnp.isfinite(first), first, 0.0)
+  return jax.tree.map(lambda v: v + zero.astype(v.dtype), values)
+
+
 def _apply_update(net: ts.NetState, grads: Any, tx: optax.GradientTransformation,
                   new_state: dict[str, Any]) -> ts.NetState:
   updates, opt_state = tx.update(grads, net.opt_state, net.params)
@@ -235,8 +258,10 @@ class _Step:
     # a jump to another mode would pull G(z) towards the midpoint of two.
     x1, ebm_sn, info_x1 = sampling.revise_x(
         models, state.ebm, x0, k_x1, dataclasses.replace(s.lx, jump_std=0.0))
+    (x,) = _after(x1, x)
     # 2. Inference proposal and its z-revision under the current generator.
     z1, gen_bn, chain_metrics = self.z_revision(state, gen_bn, x, k_q, k_zc)
+    x, x1, z = _after(z1, x, x1, z)
     # 3. Generator update.
     (_, (gen_bn, m_g)), g_grads = jax.value_and_grad(
         losses.generator_loss, has_aux=True)(
@@ -253,6 +278,7 @@ class _Step:
         x0_neg, gen_bn = sampling.generate(models, gen, z)
         gen = gen.replace(state=gen_bn)
       x0_neg, slots = self.from_replay(state, x0_neg, k_x2)
+      (x0_neg,) = _after(inf, x0_neg)
       x_neg, ebm_sn, info_neg = sampling.revise_x(
           models, state.ebm.replace(state=ebm_sn), x0_neg, k_x2, s.lx)
     else:

@@ -6,6 +6,8 @@ compilation, not execution, dominates on CPU; states are copied before each
 call since the step donates its input state.
 """
 
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -430,3 +432,27 @@ def test_learning_rate_decays_once_per_epoch(epoch):
   expected = 1e-4 * 0.998**epoch
   for offset in (0, 1, spe // 2, spe - 1):
     np.testing.assert_allclose(fn(epoch * spe + offset), expected, rtol=1e-5)
+
+
+def test_after_keeps_values_and_makes_them_wait_for_done():
+  """`_after` adds an exact zero that reads `done` (chains run in turn)."""
+  done = {'a': jnp.array([jnp.nan, 1.0]), 'b': jnp.array([jnp.inf]),
+          'n': jnp.array([3], jnp.int32)}
+  values = (jnp.array([-0.5, 2.0, 1e-30]), jnp.array([[7.0]]))
+  got = tstep._after(done, *values)
+  assert _leaves_equal(got, values)
+  hlo = jax.jit(lambda d, v: tstep._after(d, v)).lower(
+      done['a'], values[0]).compile().as_text()
+  # The compiled function still reads `done` (parameter 0), so whatever
+  # uses its outputs is scheduled after `done` is computed.
+  param = re.search(r'%([\w.]+) = f32\[2\]\{0\} parameter\(0\)', hlo)
+  assert param and hlo.count('%' + param.group(1)) > 1, hlo
+
+
+def test_step_values_do_not_depend_on_the_chain_ordering(setup, one_step,
+                                                        monkeypatch):
+  config, models, optimizers, state, batch, _ = setup
+  monkeypatch.setattr(tstep, '_after', lambda done, *values: values)
+  unordered = _make_step(config, models, optimizers)(_copy(state), batch)
+  for a, b in zip(jax.tree.leaves(unordered), jax.tree.leaves(one_step)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
