@@ -24,6 +24,11 @@ import jax.numpy as jnp
 
 Array = jax.Array
 _DIMS = ('NHWC', 'HWIO', 'NHWC')
+# Multiply-adds per transform-domain product from which each product runs on
+# its own, not as one batched product of the stacked tiles (docs/
+# performance.md, change 18): measured faster from about 34M (a [4096, 448]
+# x [448, 224] product), slower at 8M.
+SEPARATE_MIN = 2**25
 
 
 def valid_conv_by_matmul(xb: Array, wb: Array) -> Array:
@@ -67,8 +72,14 @@ def _winograd_f2(xp: Array, w: Array, b_t, g_, a_t) -> Array:
   rows = b_t([xp[:, i:i + ho:2] for i in range(n)])  # [B, ho/2, W, in]
   v = [t for r in rows for t in b_t([r[:, :, j:j + wo:2] for j in range(n)])]
   u = [t for r in g_(list(w)) for t in g_(list(r))]
-  m = jnp.einsum('tnc,tcd->tnd', jnp.stack(v).reshape(n * n, -1, c),
-                 jnp.stack(u))  # [n^2, B * ho/2 * wo/2, out]
+  if b * (ho // 2) * (wo // 2) * c * w.shape[3] >= SEPARATE_MIN:
+    # Large products: one each, reading the transformed tiles where they
+    # are; stacking them first is a copy of the whole transformed input.
+    m = jnp.stack([jnp.einsum('bhwc,cd->bhwd', vi, ui)
+                   for vi, ui in zip(v, u)])
+  else:
+    m = jnp.einsum('tnc,tcd->tnd', jnp.stack(v).reshape(n * n, -1, c),
+                   jnp.stack(u))  # [n^2, B * ho/2 * wo/2, out]
   m = m.reshape(n, n, b, ho // 2, wo // 2, -1)
   y = [a_t(list(r)) for r in a_t(list(m))]
   y = jnp.stack([jnp.stack(r, axis=3) for r in y], axis=2)

@@ -272,3 +272,18 @@ def test_gathered_windows_conv_equals_the_sum_of_tap_products():
   np.testing.assert_allclose(winograd.im2col_conv(xb, wb), expected,
                              rtol=0,
                              atol=2e-6 * float(jnp.max(jnp.abs(expected))))
+
+
+def test_winograd_with_one_product_per_tap_equals_the_stacked_form(
+    monkeypatch):
+  """Large layers run one product per transform tap (`SEPARATE_MIN`)."""
+  x = jax.random.normal(jax.random.key(6), (2, 8, 6, 32))
+  w3 = jax.random.normal(jax.random.key(7), (3, 3, 32, 40))
+  xb = jax.random.normal(jax.random.key(8), (2, 9, 5, 12))
+  wb = jax.random.normal(jax.random.key(9), (2, 2, 12, 7))
+  stacked = winograd.f23(x, w3), winograd.f22(xb, wb)
+  monkeypatch.setattr(winograd, 'SEPARATE_MIN', 0)
+  separate = winograd.f23(x, w3), winograd.f22(xb, wb)
+  for a, b in zip(separate, stacked):
+    np.testing.assert_allclose(a, b, rtol=0,
+                               atol=1e-6 * float(jnp.max(jnp.abs(b))))
