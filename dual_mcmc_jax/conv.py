@@ -22,7 +22,7 @@ computed as a plain convolution of the explicitly dilated input instead.
 The values are those of autodiff up to floating-point summation order.
 
 On the same rule, three kinds of convolution skip XLA's convolution
-altogether (docs/performance.md, changes 9-13):
+altogether (docs/performance.md, changes 9-13, 16 and 18):
 
 * transposed convolutions (the plain generator's upsampling): XLA's CPU
   convolution also multiplies the zeros of a forward pass's dilated input,
