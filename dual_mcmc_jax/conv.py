@@ -348,7 +348,8 @@ def _strided_conv4_bwd(res, g):
   products at a 4x4 output); by phases, only the needed outputs are.
   """
   x, w = res
-  w_t = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2).astype(g.dtype)
+  # Its padding is 2 on every side: what `_upsample_by_phases` computes.
+  w_t, _ = _input_grad_conv_args(x, g, w, (2, 2), ((1, 1), (1, 1)), (1, 1))
   gx = _upsample_by_phases(g, w_t)
   _, w_vjp = jax.vjp(lambda w_: _strided_conv_by_matmul(
       x, w_, ((1, 1), (1, 1)), direct=True), w)
