@@ -170,7 +170,7 @@ def _input_grad_conv_args(x: Array, g: Array, w: Array, strides: Pair,
                                    w.shape[i], strides[i], lhs_dilation[i],
                                    padding[i]) for i in range(2))
   w_t = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)  # [kh, kw, out, in]
-  return w_t.astype(g.dtype), pads
+  return winograd.kernel_operands(w_t.astype(g.dtype)), pads
 
 
 def _bwd(strides, padding, lhs_dilation, res, g):
@@ -273,7 +273,9 @@ def _transposed_conv_by_matmul(x: Array, w: Array,
   (for the 4x4 stride-2 layers: Winograd on space-to-depth blocks, change
   12); the kernel gradient is autodiff's, products and slices.
   """
-  y = jnp.einsum('bhwc,yxcd->bhwyxd', x, w)  # [B, H, W, kh, kw, out]
+  # The kernel in the product's layout [in, kh, kw, out], once per chain.
+  wk = winograd.kernel_operands(w.transpose(2, 0, 1, 3))
+  y = jnp.einsum('bhwc,cyxd->bhwyxd', x, wk)  # [B, H, W, kh, kw, out]
   y = _overlap_add(y, 1, 3, lhs_dilation[0], padding[0][0])
   return _overlap_add(y, 2, 3, lhs_dilation[1], padding[1][0])
 
@@ -425,6 +427,28 @@ def _is_winograd(x: Array, w: Array, strides: Pair,
           and x.dtype == jnp.float32 and min(w.shape[2:]) >= 32)
 
 
+def _is_whole_window(x: Array, w: Array, padding: tuple[Pair, Pair],
+                     lhs_dilation: Pair) -> bool:
+  """A kernel that covers the whole unpadded input: one output position.
+
+  The plain nets' 4x4-to-1x1 layers (the EBM's output, the inference
+  heads, the generator's first layer's input gradient).
+  """
+  return (x.ndim == 4 and tuple(w.shape[:2]) == tuple(x.shape[1:3])
+          and padding == ((0, 0), (0, 0)) and lhs_dilation == (1, 1))
+
+
+def _whole_window_conv(x: Array, w: Array) -> Array:
+  """That conv as one [B, kh*kw*in] x [kh*kw*in, out] matrix product.
+
+  XLA's CPU convolution ran it at about a sixth of the matrix product's
+  rate (docs/performance.md, change 19); autodiff of the product gives
+  both gradients as products too.
+  """
+  y = jnp.einsum('bhwc,hwcd->bd', x, winograd.kernel_operands(w))
+  return y[:, None, None, :]
+
+
 def conv2d(x: Array, w: Array, strides: Sequence[int] = (1, 1),
            padding: Sequence[Pair] = ((0, 0), (0, 0)),
            lhs_dilation: Sequence[int] = (1, 1),
@@ -448,6 +472,8 @@ def conv2d(x: Array, w: Array, strides: Sequence[int] = (1, 1),
   lhs_dilation = tuple(int(d) for d in lhs_dilation)
   if resolve_input_grad(input_grad) == 'xla':
     return _conv(x, w, strides, padding, lhs_dilation)
+  if _is_whole_window(x, w, padding, lhs_dilation):
+    return _whole_window_conv(x, w)
   if _is_transposed(x, w, strides, padding, lhs_dilation):
     return _transposed_conv(x, w, padding, lhs_dilation)
   if _is_strided(x, w, strides, lhs_dilation):

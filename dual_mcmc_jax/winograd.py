@@ -29,16 +29,36 @@ _DIMS = ('NHWC', 'HWIO', 'NHWC')
 # performance.md, change 18): measured faster from about 34M (a [4096, 448]
 # x [448, 224] product), slower at 8M.
 SEPARATE_MIN = 2**25
+# Whether `kernel_operands` marks the kernel side of the products (a switch
+# for A/B measurements; the values are the same either way).
+HOIST = True
+
+
+def kernel_operands(ws):
+  """The kernel-side operands of matrix products, computed once per loop.
+
+  Inside a Langevin chain the weights do not change (spectral norm divides
+  the layers' outputs, not their kernels), but the slices, flips and
+  transposes that bring a kernel to its product's layout sit in the loop
+  body. XLA's loop-invariant code motion leaves slices and transposes in
+  the loop on their own (it judges them cheap); behind an optimization
+  barrier, which it does move, the whole invariant chain is computed once
+  before the loop (docs/performance.md, change 19). Values and gradients
+  are unchanged.
+  """
+  return lax.optimization_barrier(ws) if HOIST else ws
 
 
 def valid_conv_by_matmul(xb: Array, wb: Array) -> Array:
   """Stride-1 'valid' conv as one matrix product per kernel tap, summed."""
   kh, kw = wb.shape[:2]
   ho, wo = xb.shape[1] - kh + 1, xb.shape[2] - kw + 1
+  taps = kernel_operands([wb[i, j] for i in range(kh) for j in range(kw)])
   y = None
   for i in range(kh):
     for j in range(kw):
-      part = jnp.einsum('bhwk,kd->bhwd', xb[:, i:i + ho, j:j + wo], wb[i, j])
+      part = jnp.einsum('bhwk,kd->bhwd', xb[:, i:i + ho, j:j + wo],
+                        taps[i * kw + j])
       y = part if y is None else y + part
   return y
 
@@ -54,7 +74,8 @@ def im2col_conv(xb: Array, wb: Array) -> Array:
   ho, wo = xb.shape[1] - kh + 1, xb.shape[2] - kw + 1
   cols = jnp.concatenate([xb[:, i:i + ho, j:j + wo] for i in range(kh)
                           for j in range(kw)], axis=-1)
-  return jnp.einsum('bhwk,kd->bhwd', cols, wb.reshape(-1, wb.shape[3]))
+  return jnp.einsum('bhwk,kd->bhwd', cols,
+                    kernel_operands(wb.reshape(-1, wb.shape[3])))
 
 
 def _winograd_f2(xp: Array, w: Array, b_t, g_, a_t) -> Array:
@@ -76,10 +97,10 @@ def _winograd_f2(xp: Array, w: Array, b_t, g_, a_t) -> Array:
     # Large products: one each, reading the transformed tiles where they
     # are; stacking them first is a copy of the whole transformed input.
     m = jnp.stack([jnp.einsum('bhwc,cd->bhwd', vi, ui)
-                   for vi, ui in zip(v, u)])
+                   for vi, ui in zip(v, kernel_operands(u))])
   else:
     m = jnp.einsum('tnc,tcd->tnd', jnp.stack(v).reshape(n * n, -1, c),
-                   jnp.stack(u))  # [n^2, B * ho/2 * wo/2, out]
+                   kernel_operands(jnp.stack(u)))  # [n^2, B*ho/2*wo/2, out]
   m = m.reshape(n, n, b, ho // 2, wo // 2, -1)
   y = [a_t(list(r)) for r in a_t(list(m))]
   y = jnp.stack([jnp.stack(r, axis=3) for r in y], axis=2)

@@ -50,9 +50,10 @@ def test_forward_conv_gradients_equal_autodiff(size, k, stride, pad, dil):
   y = conv.conv2d(x, w, (stride, stride), (pad, pad), (dil, dil),
                   'forward_conv')
   args = (x, w, (stride, stride), (pad, pad), (dil, dil))
-  if conv._is_transposed(*args) or conv._is_strided(x, w, args[2], args[4]):
-    # Transposed and stride-2 convs are matrix products (and an
-    # overlap-add): the same sums in another order.
+  if (conv._is_transposed(*args) or conv._is_strided(x, w, args[2], args[4])
+      or conv._is_whole_window(x, w, args[3], args[4])):
+    # Transposed, stride-2 and whole-window convs are matrix products (and
+    # an overlap-add): the same sums in another order.
     np.testing.assert_allclose(np.asarray(y), np.asarray(y_ref), rtol=1e-5,
                                atol=1e-6 * float(jnp.max(jnp.abs(y_ref))))
   else:
@@ -287,3 +288,35 @@ def test_winograd_with_one_product_per_tap_equals_the_stacked_form(
   for a, b in zip(separate, stacked):
     np.testing.assert_allclose(a, b, rtol=0,
                                atol=1e-6 * float(jnp.max(jnp.abs(b))))
+
+
+def test_kernel_layout_work_runs_once_before_a_chain(monkeypatch):
+  """The kernel's product layout is computed before the loop, not per step.
+
+  The transposed conv's kernel goes into its product as [in, kh, kw, out];
+  behind `winograd.kernel_operands` XLA computes that once and carries it
+  through the loop (change 19), where without it the loop carries the
+  stored [kh, kw, in, out] kernel and rearranges it on every step.
+  """
+  x0 = jax.random.normal(jax.random.key(10), (2, 4, 4, 8))
+  w = jax.random.normal(jax.random.key(11), (4, 4, 8, 16))
+  out, carried = {}, {}
+  for hoist in (False, True):
+    monkeypatch.setattr(winograd, 'HOIST', hoist)
+
+    def chain(x0, w):
+      def body(i, x):
+        y = conv.conv2d(x, w, (1, 1), ((2, 2), (2, 2)), (2, 2),
+                        'forward_conv')  # [2, 8, 8, 16]
+        return x + 1e-2 * jnp.tanh(y[:, ::2, ::2, :8])
+      return jax.lax.fori_loop(0, 3, body, x0)
+
+    fn = jax.jit(chain)
+    out[hoist] = fn(x0, w)
+    text = fn.lower(x0, w).compile().as_text()
+    carried[hoist] = re.findall(r'= \(([^)]*)\) while\(', text)
+  assert len(carried[True]) == len(carried[False]) == 1, carried
+  np.testing.assert_array_equal(out[True], out[False])
+  assert 'f32[4,4,8,16]' in carried[False][0], carried[False]
+  assert 'f32[4,4,8,16]' not in carried[True][0], carried[True]
+  assert 'f32[8,' in carried[True][0], carried[True]
