@@ -39,6 +39,10 @@ Array = jax.Array
 EnergyFn = Callable[[Array, Any], tuple[Array, Any]]
 
 RULES = ('reference', 'paper')
+# Whether `langevin` draws each step's noise one step ahead (a switch for
+# A/B measurements; the noise and updates are the same either way, up to
+# float32 rounding where the compiler contracts a multiply-add).
+NOISE_AHEAD = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,16 +130,24 @@ def langevin(energy_fn: EnergyFn,
   batch = x0.shape[0]
 
   def body(i, carry):
-    x, aux, e_start, e_last, gnorm = carry
-    x_new, aux, energy, grad = step(i, x, aux)
+    x, aux, e_start, e_last, gnorm, eps = carry
+    if NOISE_AHEAD:
+      # Step i + 1's noise does not depend on x: drawn here, it runs beside
+      # step i's network passes instead of after them (docs/performance.md,
+      # change 20). The last step draws one unused block.
+      eps_next = step.noise(i + 1, x)
+    else:
+      eps, eps_next = step.noise(i, x), eps
+    x_new, aux, energy, grad = step(i, x, aux, eps)
     e_start = jnp.where(i == 0, energy, e_start)
     gnorm = gnorm + jnp.sqrt(jnp.sum(jnp.square(grad))) / (
         settings.steps * math.sqrt(batch))
-    return x_new, aux, e_start, energy, gnorm
+    return x_new, aux, e_start, energy, gnorm, eps_next
 
   zero = jnp.zeros((), jnp.float32)
-  x, aux, e_start, e_last, gnorm = jax.lax.fori_loop(
-      0, settings.steps, body, (x0, aux, zero, zero, zero))
+  eps0 = step.noise(0, x0) if NOISE_AHEAD else jnp.zeros_like(x0)
+  x, aux, e_start, e_last, gnorm, _ = jax.lax.fori_loop(
+      0, settings.steps, body, (x0, aux, zero, zero, zero, eps0))
   return (jax.lax.stop_gradient(x), aux,
           ChainInfo(energy_start=e_start, energy_last=e_last, grad_norm=gnorm))
 
@@ -175,10 +187,12 @@ def _make_step(energy_fn: EnergyFn, x0: Array, key: Array,
                energies_fn: Callable[[Array, Any], Array] | None = None
                ) -> Callable[[Array, Array, Any], tuple[Array, Any, Array,
                                                          Array]]:
-  """One update `step(i, x, aux) -> (x_new, aux, energy at x, grad at x)`.
+  """One update `step(i, x, aux, eps=None) -> (x_new, aux, energy, grad)`.
 
-  Shared by `langevin` and `trajectory` so that both follow the same chain.
-  With `settings.jump_std > 0` a `metropolis_jump` follows each step.
+  Energy and gradient are those at x. Shared by `langevin` and `trajectory`
+  so that both follow the same chain; `step.noise(i, x)` is step i's noise,
+  which `eps` may pass in (drawn ahead). With `settings.jump_std > 0` a
+  `metropolis_jump` follows each step.
   """
   coef, noise_std = step_coefficients(settings)
   grad_fn = jax.value_and_grad(energy_fn, has_aux=True)
@@ -187,9 +201,13 @@ def _make_step(energy_fn: EnergyFn, x0: Array, key: Array,
     raise ValueError('Metropolis jumps (jump_std > 0) need per-example '
                      'energies and cannot hold observed values fixed')
 
-  def step(i, x, aux):
+  def noise(i, x):
+    return jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
+
+  def step(i, x, aux, eps=None):
     (energy, aux), grad = grad_fn(x, aux)
-    eps = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
+    if eps is None:
+      eps = noise(i, x)
     x_new = x - coef * grad + (noise_std * noise_scale) * eps
     if mask is not None:
       x_new = jnp.where(mask, x0, x_new)
@@ -200,6 +218,7 @@ def _make_step(energy_fn: EnergyFn, x0: Array, key: Array,
           settings.jump_std, settings.temperature)
     return x_new, aux, energy, grad
 
+  step.noise = noise
   return step
 
 
