@@ -21,8 +21,8 @@ convolutions, whose autodiff kernel gradient is as slow on the CPU and is
 computed as a plain convolution of the explicitly dilated input instead.
 The values are those of autodiff up to floating-point summation order.
 
-On the same rule, three kinds of convolution skip XLA's convolution
-altogether (docs/performance.md, changes 9-13, 16 and 18):
+On the same rule, four kinds of convolution skip XLA's convolution
+altogether (docs/performance.md, changes 9-13, 16, 18 and 19):
 
 * transposed convolutions (the plain generator's upsampling): XLA's CPU
   convolution also multiplies the zeros of a forward pass's dilated input,
@@ -37,7 +37,13 @@ altogether (docs/performance.md, changes 9-13, 16 and 18):
   by F(2x2, 2x2) (`_strided_conv4`, change 16);
 * 3x3 'same' convolutions with at least 32 channels, float32: Winograd's
   F(2x2, 3x3) (`winograd.conv3x3`), with the flipped kernel for the input
-  gradient.
+  gradient;
+* kernels that cover the whole unpadded input (4x4 to 1x1): one matrix
+  product (`_whole_window_conv`).
+
+Every kernel-side operand of those products passes through
+`winograd.kernel_operands`, so that inside a chain, where the weights do
+not change, its slices and transposes are computed once before the loop.
 
 Winograd's algorithms trade multiplications for additions: their values
 differ from the direct convolution's by float32 rounding (about 1e-6
