@@ -10,7 +10,8 @@ Two of Lavin & Gray's (2016) algorithms, used by `conv.conv2d` on its
   space-to-depth (`conv._strided_conv_by_matmul`).
 
 The transforms are additions written out, which XLA fuses; the products
-run on XLA's matrix kernels. Both have custom VJPs whose input gradient is
+run on XLA's matrix kernels, their kernel sides behind `kernel_operands`
+so that a chain computes them once. Both have custom VJPs whose input gradient is
 the same algorithm with the flipped kernel; the kernel gradients (needed
 outside the chains only) are direct. Values equal the direct convolution's
 to float32 rounding (about 1e-6 relative).
