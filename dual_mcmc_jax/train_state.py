@@ -218,17 +218,12 @@ def create_train_state(models: networks.Models, optimizers: Optimizers,
   Returns:
     A fresh TrainState at step 0.
   """
-  init_key, run_key = _seed_keys(seed)
-  variables = networks.init_models(models, init_key)
-  fields = dict(
-      step=jnp.zeros((), jnp.int32),
-      ebm=_net_state(variables['ebm'], optimizers.ebm),
-      gen=_net_state(variables['gen'], optimizers.gen),
-      inf=_net_state(variables['inf'], optimizers.inf),
-      rng=jax.random.key_data(run_key))
+  init_key, _ = _seed_keys(seed)
+  state = train_state_from_variables(
+      networks.init_models(models, init_key), optimizers, seed)
   if replay is None:
-    return TrainState(**fields)
-  return ReplayTrainState(**fields, replay=jax.random.uniform(
+    return state
+  return ReplayTrainState(**vars(state), replay=jax.random.uniform(
       jax.random.fold_in(init_key, 1), (replay.size, *models.data_shape),
       jnp.float32, replay.low, replay.high))
 
@@ -263,3 +258,30 @@ def rng_stream(seed: int, stream: int) -> Array:
 def step_key(state: TrainState) -> Array:
   """The PRNG key of the current step: fold_in(base key, step)."""
   return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+
+def train_state_from_variables(variables: dict[str, dict[str, Any]],
+                               optimizers: Optimizers, seed: int,
+                               step: int = 0) -> TrainState:
+  """A TrainState holding given network variables instead of fresh ones.
+
+  What `create_train_state` builds, minus the network initialisation: fresh
+  optimiser states and the base key a run with `seed` uses. For variables
+  that come from elsewhere (an imported checkpoint).
+
+  Args:
+    variables: {'ebm' | 'gen' | 'inf': {'params': ..., 'batch_stats'?: ...}}.
+    optimizers: the three optimisers.
+    seed: the run's seed (gives the base key).
+    step: the train step to record.
+
+  Returns:
+    A TrainState (without replay buffer) at `step`.
+  """
+  _, run_key = _seed_keys(seed)
+  return TrainState(
+      step=jnp.asarray(step, jnp.int32),
+      ebm=_net_state(variables['ebm'], optimizers.ebm),
+      gen=_net_state(variables['gen'], optimizers.gen),
+      inf=_net_state(variables['inf'], optimizers.inf),
+      rng=jax.random.key_data(run_key))

@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from dual_mcmc_jax.evaluators import inception
-from dual_mcmc_jax.evaluators import torch_pickle
+from dual_mcmc_jax.import_torch import pth
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
@@ -43,7 +43,7 @@ def main():
   arrays = {k: v.numpy() for k, v in state.items()}
   # Raises with the offending key if anything is missing or misshapen.
   inception.state_dict_to_variables(arrays, source=args.pth)
-  own = torch_pickle.load_state_dict(args.pth)
+  own = pth.load_state_dict(args.pth)
   for key in inception.state_dict_shapes():
     if not np.array_equal(own[key], arrays[key]):
       raise SystemExit(f'torch-free reader disagrees with torch.load on {key}')

@@ -6,8 +6,10 @@
 
 The config (with `--config.<group>.<field>=value` overrides, as for main.py)
 must describe the checkpoint's nets. Mapping, checks and writing are
-`dual_mcmc_jax.import_torch.import_file`; its module docstring lists the key
-names and tensor layouts. PyTorch is needed only to read the .pth file.
+`dual_mcmc_jax.import_torch.import_file`; the package docstring lists the key
+names and tensor layouts. PyTorch is not needed: the .pth file is read by
+`dual_mcmc_jax.import_torch.pth`, which refuses anything but tensors and
+plain containers. Bad input exits with status 1 and one `error:` line.
 """
 
 import os
@@ -33,8 +35,6 @@ flags.DEFINE_string('workdir', None,
 flags.DEFINE_integer('step', None,
                      'Train step to record; default: the Adam step count of '
                      'the checkpoint, else 0.')
-flags.DEFINE_bool('allow_pickle', False,
-                  'torch.load with weights_only=False (trusted files only).')
 config_flags.DEFINE_config_file(
     'config', None, 'Configuration describing the checkpoint.',
     lock_config=True)
@@ -45,13 +45,9 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError('Too many command-line arguments.')
-  try:
-    config_checks.validate(FLAGS.config)
-    print(import_torch.import_file(FLAGS.config, FLAGS.torch_checkpoint,
-                                   FLAGS.workdir, FLAGS.step,
-                                   FLAGS.allow_pickle))
-  except import_torch.TorchNotInstalledError as e:
-    sys.exit(f'error: {e}')
+  config_checks.validate(FLAGS.config)
+  print(import_torch.import_file(FLAGS.config, FLAGS.torch_checkpoint,
+                                 FLAGS.workdir, FLAGS.step))
 
 
 if __name__ == '__main__':

@@ -4,7 +4,8 @@ The Inception forward pass is checked against `inception_golden.npz`,
 outputs of an independent PyTorch implementation of pytorch-fid's network
 (`scripts/make_inception_golden.py`) on the same deterministic random
 weights, which both sides regenerate from a seed. No network access, no
-PyTorch needed (the .pth reader test runs only where torch is installed).
+PyTorch needed (the test that reads the weights from a .pth runs only
+where torch is installed).
 """
 
 import os
@@ -17,7 +18,6 @@ from configs import test as test_config
 from dual_mcmc_jax.evaluators import common
 from dual_mcmc_jax.evaluators import fid
 from dual_mcmc_jax.evaluators import inception
-from dual_mcmc_jax.evaluators import torch_pickle
 
 FIXTURE = os.path.join(os.path.dirname(__file__), 'fixtures',
                        'inception_golden.npz')
@@ -162,16 +162,20 @@ def test_download_into_the_cache_checks_the_hash(tmp_path):
   assert not os.listdir(tmp_path / 'cache')
 
 
-def test_pth_reader_matches_torch_load_in_both_formats(tmp_path):
+def test_inception_weights_load_from_a_pth_as_from_the_npz(tmp_path):
+  """The .pth goes through the importer's PyTorch-free reader."""
   torch = pytest.importorskip('torch')
-  net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3),
-                            torch.nn.BatchNorm2d(4))
-  state = net.state_dict()
-  state['transposed'] = torch.arange(12.0).reshape(3, 4).t()
-  for zip_format in (True, False):
-    path = str(tmp_path / f'w{zip_format}.pth')
-    torch.save(state, path, _use_new_zipfile_serialization=zip_format)
-    got = torch_pickle.load_state_dict(path)
-    assert list(got) == list(state)
-    for k, v in state.items():
-      np.testing.assert_array_equal(got[k], v.numpy())
+  arrays = inception.random_state_dict(0)
+  npz = str(tmp_path / 'weights.npz')
+  inception.save_npz(npz, arrays)
+  state = {k: torch.from_numpy(np.asarray(v, np.float32))
+           for k, v in arrays.items()}
+  # Entries pytorch-fid's file has and the features do not use.
+  state['fc.weight'] = torch.zeros(1008, 2048)
+  state['Conv2d_1a_3x3.bn.num_batches_tracked'] = torch.tensor(0)
+  pth = str(tmp_path / 'weights.pth')
+  # The legacy format, as pytorch-fid's pt_inception-2015-12-05 file.
+  torch.save(state, pth, _use_new_zipfile_serialization=False)
+  from_pth, from_npz = (inception.load_variables(p) for p in (pth, npz))
+  assert inception.fingerprint(from_pth) == inception.fingerprint(from_npz)
+  jax.tree.map(np.testing.assert_array_equal, from_pth, from_npz)

@@ -1,22 +1,31 @@
-"""Tests for dual_mcmc_jax/import_torch.py, the PyTorch checkpoint importer.
+"""Tests for dual_mcmc_jax/import_torch/, the PyTorch checkpoint importer.
 
 Without PyTorch (as in CI) the reference state dicts come from the golden
 fixtures (tests/fixtures/, see scripts/make_golden_fixtures.py): the mapping
 and the orbax writer run end to end, `checkpointing.load_state` and the resume path
 of `main.py` read the result back, mismatching checkpoints are refused
-without writing anything, and a missing PyTorch gives one clear line. A
-state dict with the authors' CIFAR-10 key names, written out by hand, is
-accepted and every tensor of it used. With PyTorch installed, real `.pth`
-files are round-tripped too, one at the paper's CIFAR-10 widths.
+without writing anything, and a file that is not a checkpoint gives one clear
+line. A state dict with the authors' CIFAR-10 key names, written out by hand,
+is accepted and every tensor of it used. The PyTorch-free `.pth` reader
+(`import_torch.pth`) is checked on pickles written by hand: it refuses every
+global outside its allow-list without running it, and tensors that reach
+outside their storage. With PyTorch installed, real `.pth` files (both
+formats, whole checkpoints with Adam states) are read like `torch.load` reads
+them and imported through the command line with PyTorch hidden, one at the
+paper's CIFAR-10 widths.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
+import pickle
+import struct
 import subprocess
 import sys
 from typing import Any
+import zipfile
 
 import jax
 import numpy as np
@@ -30,6 +39,7 @@ from dual_mcmc_jax import checkpointing
 from dual_mcmc_jax import import_torch
 from dual_mcmc_jax import networks
 from dual_mcmc_jax import train_state as ts
+from dual_mcmc_jax.import_torch import pth
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, 'tests', 'fixtures')
@@ -200,7 +210,7 @@ def _authors_cifar10_shapes(nz: int, ngf: int, nef: int,
   """Key -> shape of the authors' `_Cifar10_net{G,E,I}` state dicts.
 
   Written out from the authors' module names, independently of both
-  `import_torch.py` and `torch_reference.py`.
+  `dual_mcmc_jax/import_torch/` and `torch_reference.py`.
   """
 
   def bn(name, c):
@@ -372,54 +382,119 @@ def test_refuses_to_overwrite_an_existing_checkpoint(tmp_path):
   _assert_state_holds(state, checkpoint)
 
 
-class _NoTorch:
-  """An import hook under which `import torch` fails as if not installed.
-
-  (Setting sys.modules['torch'] = None does that too, but SciPy looks
-  torch up in sys.modules and trips over the None.)
-  """
-
-  def find_spec(self, name, path=None, target=None):
-    del path, target
-    if name == 'torch' or name.startswith('torch.'):
-      raise ModuleNotFoundError(f"No module named '{name}'")
-    return None
-
-
-def test_without_torch_one_clear_line(tmp_path, monkeypatch):
-  path = tmp_path / 'model.pth'
-  path.write_bytes(b'not read')
-  monkeypatch.setattr(sys, 'meta_path', [_NoTorch()] + sys.meta_path)
-  for name in [m for m in sys.modules if m == 'torch' or
-               m.startswith('torch.')]:
-    monkeypatch.delitem(sys.modules, name)
-  with pytest.raises(import_torch.TorchNotInstalledError,
-                     match='pip install torch'):
-    import_torch.read_torch_checkpoint(str(path))
+# Run in a subprocess before the script: `import torch` fails as if PyTorch
+# were not installed. (Setting sys.modules['torch'] = None does that too, but
+# SciPy looks torch up in sys.modules and trips over the None.)
+_HIDE_TORCH = ('import runpy, sys\n'
+               'class NoTorch:\n'
+               '  def find_spec(self, name, path=None, target=None):\n'
+               '    if name.split(".")[0] == "torch":\n'
+               '      raise ModuleNotFoundError(name)\n'
+               'sys.meta_path.insert(0, NoTorch())\n'
+               'sys.argv[0] = "scripts/import_torch.py"\n'
+               'runpy.run_path("scripts/import_torch.py", run_name="__main__")')
 
 
-def test_command_line_without_torch_exits_non_zero_with_one_line(tmp_path):
-  path = tmp_path / 'model.pth'
-  path.write_bytes(b'not read')
-  code = ('import runpy, sys\n'
-          'class NoTorch:\n'
-          '  def find_spec(self, name, path=None, target=None):\n'
-          '    if name.split(".")[0] == "torch":\n'
-          '      raise ModuleNotFoundError(name)\n'
-          'sys.meta_path.insert(0, NoTorch())\n'
-          'sys.argv[0] = "scripts/import_torch.py"\n'
-          'runpy.run_path("scripts/import_torch.py", run_name="__main__")')
-  proc = subprocess.run(
-      [sys.executable, '-c', code, '--config=configs/cifar10.py',
-       '--config.model.nef=256', f'--torch_checkpoint={path}',
-       f'--workdir={tmp_path / "run"}'],
-      cwd=REPO, capture_output=True, text=True, timeout=120,
+def _run_import_script(*args: str, timeout: int = 300
+                       ) -> subprocess.CompletedProcess:
+  """scripts/import_torch.py with PyTorch hidden."""
+  return subprocess.run(
+      [sys.executable, '-c', _HIDE_TORCH, *args], cwd=REPO,
+      capture_output=True, text=True, timeout=timeout,
       env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+
+
+def test_command_line_on_a_file_that_is_no_checkpoint_exits_with_one_line(
+    tmp_path):
+  path = tmp_path / 'model.pth'
+  path.write_bytes(b'not a checkpoint')
+  proc = _run_import_script(
+      '--config=configs/cifar10.py', '--config.model.nef=256',
+      f'--torch_checkpoint={path}', f'--workdir={tmp_path / "run"}')
   assert proc.returncode != 0
   last = proc.stderr.strip().splitlines()[-1]
-  assert last.startswith('error: reading a PyTorch checkpoint needs PyTorch')
-  assert 'pip install torch' in last
+  assert last.startswith(f'error: {path}: cannot read as a PyTorch file')
   assert not os.path.exists(tmp_path / 'run')
+
+
+# --------------------------------------------------------------------------
+# The .pth reader on pickles written by hand (no PyTorch needed).
+# --------------------------------------------------------------------------
+
+
+class _Evil:
+  """Unpickles to a call of os.mkdir: a global outside the allow-list."""
+
+  def __init__(self, marker: str):
+    self.marker = marker
+
+  def __reduce__(self):
+    return os.mkdir, (self.marker,)
+
+
+def _write_legacy(path, obj, header=None) -> None:
+  """A legacy-format file holding `obj` and no storages."""
+  with open(path, 'wb') as f:
+    for part in (header or pth._LEGACY_MAGIC, 1001,  # pylint: disable=protected-access
+                 {'little_endian': True}, obj, []):
+      pickle.dump(part, f, protocol=2)
+
+
+def _write_zip(path, data_pkl: bytes, storages=None) -> None:
+  """A zip-format file with the given pickle and raw storages."""
+  with zipfile.ZipFile(path, 'w') as archive:
+    archive.writestr('ck/data.pkl', data_pkl)
+    archive.writestr('ck/byteorder', b'little')
+    for key, raw in (storages or {}).items():
+      archive.writestr(f'ck/data/{key}', raw)
+
+
+@pytest.mark.parametrize('where', ['zip', 'legacy', 'legacy_header'])
+def test_pth_reader_refuses_other_globals_without_running_them(tmp_path,
+                                                               where):
+  marker = str(tmp_path / 'ran')
+  path = tmp_path / 'evil.pth'
+  evil = {'epoch': 1, 'netG': collections.OrderedDict(w=_Evil(marker))}
+  if where == 'zip':
+    _write_zip(path, pickle.dumps(evil, protocol=2))
+  elif where == 'legacy':
+    _write_legacy(path, evil)
+  else:
+    _write_legacy(path, {}, header=_Evil(marker))
+  with pytest.raises(ValueError) as e:
+    import_torch.read_torch_checkpoint(str(path))
+  message = str(e.value)
+  assert f'refused the global {os.mkdir.__module__}.mkdir' in message
+  assert message.startswith(f'{path}: cannot read as a PyTorch file')
+  assert '\n' not in message
+  assert not os.path.exists(marker)
+
+
+def _tensor_pickle(size: tuple[int, int], stride: tuple[int, int],
+                   numel: int) -> bytes:
+  """Protocol-2 opcodes of {'t': a float32 tensor on storage '0'}."""
+  text = lambda s: b'X' + struct.pack('<I', len(s)) + s.encode()
+  small = lambda n: b'K' + bytes([n])
+  storage = (b'(' + text('storage') + b'ctorch\nFloatStorage\n' + text('0') +
+             text('cpu') + small(numel) + b'tQ')
+  tensor = (b'ctorch._utils\n_rebuild_tensor_v2\n(' + storage + small(0) +
+            small(size[0]) + small(size[1]) + b'\x86' + small(stride[0]) +
+            small(stride[1]) + b'\x86\x89ccollections\nOrderedDict\n)RtR')
+  return b'\x80\x02}' + text('t') + tensor + b's.'
+
+
+def test_pth_reader_reads_strided_tensors_and_refuses_out_of_bounds(
+    tmp_path):
+  raw = np.arange(6, dtype='<f4').tobytes()
+  path = tmp_path / 'ok.pth'
+  _write_zip(path, _tensor_pickle((3, 2), (1, 3), 6), {'0': raw})
+  np.testing.assert_array_equal(pth.load(str(path))['t'],
+                                np.arange(6, dtype=np.float32).reshape(2, 3).T)
+  path = tmp_path / 'oob.pth'
+  _write_zip(path, _tensor_pickle((3, 2), (2, 1), 4), {'0': raw[:16]})
+  with pytest.raises(ValueError, match="reaches element 5 of storage '0', "
+                     'which has 4'):
+    pth.load(str(path))
 
 
 # --------------------------------------------------------------------------
@@ -444,27 +519,77 @@ def _torch_checkpoint(torch, tr, nz, ngf, nef, nif, image_size, style,
   return nets, checkpoint
 
 
-def test_real_pth_round_trip_through_the_command_line(tmp_path):
+def _to_numpy(obj: Any) -> Any:
+  """torch.load's result with every tensor as a numpy array (via torch)."""
+  if hasattr(obj, 'detach'):
+    t = obj.detach().cpu()
+    # numpy has no bfloat16; the reader gives ml_dtypes.bfloat16.
+    return (t.float() if str(t.dtype) == 'torch.bfloat16' else t).numpy()
+  if isinstance(obj, dict):
+    return {k: _to_numpy(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return type(obj)(_to_numpy(v) for v in obj)
+  return obj
+
+
+def _assert_same_tree(got: Any, want: Any, where: str = '') -> None:
+  """Same containers, keys in the same order, equal arrays and dtypes."""
+  if isinstance(want, dict):
+    assert isinstance(got, dict) and list(got) == list(want), where
+    for k in want:
+      _assert_same_tree(got[k], want[k], f'{where}/{k}')
+  elif isinstance(want, (list, tuple)):
+    assert type(got) is type(want) and len(got) == len(want), where
+    for i, (g, w) in enumerate(zip(got, want)):
+      _assert_same_tree(g, w, f'{where}/{i}')
+  elif isinstance(want, np.ndarray):
+    assert isinstance(got, np.ndarray) and got.dtype == want.dtype, where
+    np.testing.assert_array_equal(got, want, err_msg=where)
+  else:
+    assert got == want and type(got) is type(want), where
+
+
+@pytest.mark.parametrize('zip_format', [True, False])
+def test_pth_reader_reads_a_whole_checkpoint_as_torch_load_does(
+    tmp_path, zip_format):
+  torch = pytest.importorskip('torch')
+  tr = pytest.importorskip('tests.torch_reference')
+  _, checkpoint = _torch_checkpoint(torch, tr, 8, 16, 16, 4, 32, 'cifar',
+                                    train_step=True)
+  base = torch.arange(12.0)
+  checkpoint['views'] = {  # Offsets, strides, shared storages, dtypes.
+      'transposed': base.reshape(3, 4).t(), 'slice': base[3:7],
+      'scalar': base[5], 'empty': base[:0], 'half': base.half(),
+      'bfloat16': base.bfloat16(), 'int': torch.arange(5),
+      'bool': base > 4, 'parameter': torch.nn.Parameter(base[:2])}
+  path = tmp_path / 'ref.pth'
+  torch.save(checkpoint, path, _use_new_zipfile_serialization=zip_format)
+  got = import_torch.read_torch_checkpoint(str(path))
+  want = _to_numpy(torch.load(path, weights_only=True))
+  assert got['views']['bfloat16'].dtype.name == 'bfloat16'
+  got['views']['bfloat16'] = got['views']['bfloat16'].astype(np.float32)
+  _assert_same_tree(got, want)
+  assert isinstance(got['netG'], collections.OrderedDict)
+
+
+def test_real_pth_imports_through_the_command_line_without_torch(tmp_path):
   torch = pytest.importorskip('torch')
   tr = pytest.importorskip('tests.torch_reference')
   (netG, netE, netI), checkpoint = _torch_checkpoint(
       torch, tr, 8, 16, 16, 4, 32, 'cifar', train_step=True)
   path = tmp_path / 'ref.pth'
   torch.save(checkpoint, path)
-  proc = subprocess.run(
-      [sys.executable, 'scripts/import_torch.py',
-       '--config=configs/cifar10.py', '--config.model.nz=8',
-       '--config.model.ngf=16', '--config.model.nef=16',
-       '--config.model.nif=4', f'--torch_checkpoint={path}',
-       f'--workdir={tmp_path / "run"}'],
-      cwd=REPO, capture_output=True, text=True, timeout=300,
-      env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  proc = _run_import_script(
+      '--config=configs/cifar10.py', '--config.model.nz=8',
+      '--config.model.ngf=16', '--config.model.nef=16',
+      '--config.model.nif=4', f'--torch_checkpoint={path}',
+      f'--workdir={tmp_path / "run"}')
   assert proc.returncode == 0, proc.stderr
   assert 'with their Adam states' in proc.stdout
 
   config = _config(nz=8, ngf=16, nef=16, nif=4)
   models, state = checkpointing.load_state(config, str(tmp_path / 'run'))
-  numpy_ckpt = import_torch.read_torch_checkpoint(str(path))
+  numpy_ckpt = _to_numpy(checkpoint)
   _assert_state_holds(state, numpy_ckpt)
   assert int(state.step) == 1
   # Adam moments, in PyTorch's parameter order.

@@ -2,8 +2,10 @@
 
 * No function or method in the library, `main.py` or the benchmarks is over
   60 lines (config files are exempt).
-* The evaluation side does not import the training modules: sampling lives in
-  `sampling.py`, loading a workdir in `checkpointing.py`.
+* The evaluation side (and the PyTorch import) does not import the training
+  modules: sampling lives in `sampling.py`, loading a workdir in
+  `checkpointing.py`.
+* Every file of `dual_mcmc_jax/import_torch/` is at most 300 lines.
 * Nothing in the package imports PyTorch at module level (it is optional).
 * Every citation is one a reader can open: no file names a private notes
   file as its source.
@@ -18,6 +20,7 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parent.parent
 MAX_FUNCTION_LINES = 60
 MAX_README_LINES = 250
+MAX_IMPORT_TORCH_LINES = 300
 
 
 def _python_files(*roots: str) -> list[pathlib.Path]:
@@ -53,12 +56,20 @@ def test_no_function_is_longer_than_a_screen():
 
 
 @pytest.mark.parametrize('path', [
-    'dual_mcmc_jax/evaluate.py', 'dual_mcmc_jax/import_torch.py',
-    *[str(p.relative_to(REPO))
-      for p in sorted((REPO / 'dual_mcmc_jax/evaluators').glob('*.py'))]])
+    'dual_mcmc_jax/evaluate.py',
+    *[str(p.relative_to(REPO)) for folder in ('import_torch', 'evaluators')
+      for p in sorted((REPO / 'dual_mcmc_jax' / folder).glob('*.py'))]])
 def test_evaluation_does_not_import_the_training_modules(path):
   imports = _imports(ast.parse((REPO / path).read_text()))
   assert not imports & {'dual_mcmc_jax.train', 'dual_mcmc_jax.train_step'}
+
+
+def test_import_torch_files_are_short():
+  files = _python_files('dual_mcmc_jax/import_torch')
+  assert files
+  long = [f'{p.relative_to(REPO)} ({n} lines)' for p in files
+          if (n := len(p.read_text().splitlines())) > MAX_IMPORT_TORCH_LINES]
+  assert not long, long
 
 
 def test_networks_do_not_read_configs():

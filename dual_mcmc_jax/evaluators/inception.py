@@ -12,7 +12,7 @@ BatchNorm runs in inference mode with the stored statistics (eps 1e-3).
 
 Weights: pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`. Accepted as
 
-* the `.pth` file itself (read without PyTorch by `torch_pickle`), or
+* the `.pth` file itself (read without PyTorch by `import_torch.pth`), or
 * an `.npz` written by `scripts/convert_inception_weights.py`. Its key layout
   is the PyTorch state dict's: one float32 array per entry, named as in the
   state dict and in PyTorch's layout, e.g. `Conv2d_1a_3x3.conv.weight`
@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dual_mcmc_jax.evaluators import torch_pickle
+from dual_mcmc_jax.import_torch import pth
 
 Array = jax.Array
 
@@ -342,7 +342,7 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
   if path.endswith('.npz'):
     with np.load(path) as archive:
       return {k: archive[k] for k in archive.files}
-  return torch_pickle.load_state_dict(path)
+  return pth.load_state_dict(path)
 
 
 def load_variables(path: str) -> dict[str, dict[str, Any]]:
