@@ -34,6 +34,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from dual_mcmc_jax import noise as noise_lib
+
 Array = jax.Array
 # energy_fn(x, aux) -> (scalar energy summed over the batch, new aux).
 EnergyFn = Callable[[Array, Any], tuple[Array, Any]]
@@ -104,7 +106,9 @@ def langevin(energy_fn: EnergyFn,
              aux: Any = None,
              mask: Array | None = None,
              noise_scale: float | Array = 1.0,
-             energies_fn: Callable[[Array, Any], Array] | None = None
+             energies_fn: Callable[[Array, Any], Array] | None = None,
+             normal: noise_lib.Normal = noise_lib.prng_normal,
+             name: str = noise_lib.X_CHAIN
              ) -> tuple[Array, Any, ChainInfo]:
   """Runs `settings.steps` Langevin updates from `x0`.
 
@@ -121,12 +125,14 @@ def langevin(energy_fn: EnergyFn,
       descent, used by the agreement tests).
     energies_fn: `(x, aux) -> per-example energies [B]`, needed when
       `settings.jump_std > 0` (`metropolis_jump`).
+    normal: the source of the per-step Gaussian noise (`noise.py`).
+    name: the chain's name for `normal`.
 
   Returns:
     (samples with gradients stopped, final aux, ChainInfo).
   """
   step = _make_step(energy_fn, x0, key, settings, mask, noise_scale,
-                    energies_fn)
+                    energies_fn, normal, name)
   batch = x0.shape[0]
 
   def body(i, carry):
@@ -184,7 +190,9 @@ def metropolis_jump(energies_fn: Callable[[Array, Any], Array], x: Array,
 def _make_step(energy_fn: EnergyFn, x0: Array, key: Array,
                settings: LangevinSettings, mask: Array | None,
                noise_scale: float | Array,
-               energies_fn: Callable[[Array, Any], Array] | None = None
+               energies_fn: Callable[[Array, Any], Array] | None = None,
+               normal: noise_lib.Normal = noise_lib.prng_normal,
+               name: str = noise_lib.X_CHAIN
                ) -> Callable[[Array, Array, Any], tuple[Array, Any, Array,
                                                          Array]]:
   """One update `step(i, x, aux, eps=None) -> (x_new, aux, energy, grad)`.
@@ -202,7 +210,7 @@ def _make_step(energy_fn: EnergyFn, x0: Array, key: Array,
                      'energies and cannot hold observed values fixed')
 
   def noise(i, x):
-    return jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
+    return normal(name, jax.random.fold_in(key, i), x.shape, i)
 
   def step(i, x, aux, eps=None):
     (energy, aux), grad = grad_fn(x, aux)

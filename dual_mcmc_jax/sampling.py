@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from dual_mcmc_jax import langevin
 from dual_mcmc_jax import networks
+from dual_mcmc_jax import noise
 from dual_mcmc_jax import train_state as ts
 
 Array = jax.Array
@@ -33,9 +34,15 @@ def generate(models: networks.Models, gen: ts.NetState,
 
 
 def revise_x(models: networks.Models, ebm: ts.NetState, x0: Array, key: Array,
-             settings: langevin.LangevinSettings, mask: Array | None = None
+             settings: langevin.LangevinSettings, mask: Array | None = None,
+             normal: noise.Normal = noise.prng_normal,
+             name: str = noise.X_CHAIN
              ) -> tuple[Array, dict[str, Any], langevin.ChainInfo]:
-  """x-revision of `x0` under the EBM; returns (x1, new EBM state, info)."""
+  """x-revision of `x0` under the EBM; returns (x1, new EBM state, info).
+
+  `normal` and `name` choose where the chain's noise comes from
+  (`noise.py`); the default is the PRNG.
+  """
   fn = langevin.x_energy_fn(models.ebm.apply, ebm.params)
 
   def energies(x, sn_state):
@@ -43,22 +50,24 @@ def revise_x(models: networks.Models, ebm: ts.NetState, x0: Array, key: Array,
                             update_stats=False)
 
   return langevin.langevin(fn, x0, key, settings, aux=ebm.state, mask=mask,
-                           energies_fn=energies)
+                           energies_fn=energies, normal=normal, name=name)
 
 
 def infer_z(models: networks.Models, inf: ts.NetState, x: Array,
-            key: Array | None) -> tuple[Array, Array, Array]:
+            key: Array | None, normal: noise.Normal = noise.prng_normal
+            ) -> tuple[Array, Array, Array]:
   """Draws z0 ~ q(z|x) (the mean if `key` is None); returns (z0, mu, logvar)."""
   mu, logvar = models.inf.apply({'params': inf.params}, x)
   if key is None:
     return mu, mu, logvar
-  eps = jax.random.normal(key, mu.shape, mu.dtype)
+  eps = normal(noise.REPARAM, key, mu.shape, None)
   return mu + jnp.exp(0.5 * logvar) * eps, mu, logvar
 
 
 def revise_z(models: networks.Models, gen: ts.NetState, z0: Array, x: Array,
              key: Array, settings: langevin.LangevinSettings, sigma: float,
-             prior_sigma: float, x_mask: Array | None = None
+             prior_sigma: float, x_mask: Array | None = None,
+             normal: noise.Normal = noise.prng_normal
              ) -> tuple[Array, dict[str, Any], langevin.ChainInfo]:
   """z-revision of `z0` under the generator posterior given x.
 
@@ -71,13 +80,15 @@ def revise_z(models: networks.Models, gen: ts.NetState, z0: Array, x: Array,
     sigma, prior_sigma: generator noise and prior scale.
     x_mask: optional mask of observed pixels (True = observed); unobserved
       pixels do not enter the likelihood (inpainting).
+    normal: the source of the chain's noise (`noise.py`).
 
   Returns:
     (z1, new generator state, chain info).
   """
   fn = langevin.z_energy_fn(models.gen.apply, gen.params, x, sigma,
                             prior_sigma, settings.rule, x_mask)
-  return langevin.langevin(fn, z0, key, settings, aux=gen.state)
+  return langevin.langevin(fn, z0, key, settings, aux=gen.state,
+                           normal=normal, name=noise.Z_CHAIN)
 
 
 def make_sample_fn(config, models: networks.Models

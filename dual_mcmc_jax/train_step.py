@@ -33,6 +33,7 @@ import optax
 from dual_mcmc_jax import langevin
 from dual_mcmc_jax import losses
 from dual_mcmc_jax import networks
+from dual_mcmc_jax import noise
 from dual_mcmc_jax import sampling
 from dual_mcmc_jax import train_state as ts
 
@@ -162,7 +163,8 @@ class _Settings:
 
 
 def make_train_step(config, models: networks.Models,
-                    optimizers: ts.Optimizers
+                    optimizers: ts.Optimizers,
+                    normal: noise.Normal = noise.prng_normal
                     ) -> Callable[[ts.TrainState, Array],
                                   tuple[ts.TrainState, Metrics]]:
   """Builds the (un-jitted) train step for `config`.
@@ -181,6 +183,7 @@ def make_train_step(config, models: networks.Models,
     config: the experiment ConfigDict (read once here, not in the step).
     models: the three modules.
     optimizers: their optimisers.
+    normal: the source of the Gaussian draws (`noise.py`; the PRNG).
 
   Returns:
     `train_step(state, batch) -> (state, metrics)`; jit it with
@@ -189,18 +192,35 @@ def make_train_step(config, models: networks.Models,
   Raises:
     ValueError: an ablation switch has a value outside its allowed ones.
   """
-  step = _Step(_Settings.from_config(config), models, optimizers)
+  step = _Step(_Settings.from_config(config), models, optimizers, normal)
   return step.noise_init_step if step.s.x_init == 'noise' else step.dual_step
+
+
+def make_iteration(config, models: networks.Models,
+                   optimizers: ts.Optimizers,
+                   normal: noise.Normal = noise.prng_normal
+                   ) -> Callable[[ts.TrainState, Array],
+                                 tuple[ts.TrainState, Metrics,
+                                       dict[str, Array]]]:
+  """The dual-MCMC iteration that also returns its revised samples.
+
+  `iteration(state, batch) -> (state, metrics, samples)` with samples
+  {'z', 'x0', 'x1', 'z1', 'x_neg'}: what the train step computes on the
+  way (tests compare them with another implementation).
+  """
+  return _Step(_Settings.from_config(config), models, optimizers,
+               normal).dual_iteration
 
 
 class _Step:
   """The iteration's pieces; `dual_step` and `noise_init_step` compose them."""
 
   def __init__(self, settings: _Settings, models: networks.Models,
-               optimizers: ts.Optimizers):
+               optimizers: ts.Optimizers, normal: noise.Normal):
     self.s = settings
     self.models = models
     self.optimizers = optimizers
+    self.normal = normal
 
   def ebm_update(self, state: ts.TrainState, ebm_sn: dict[str, Any],
                  x: Array, x_neg: Array, info: langevin.ChainInfo
@@ -249,15 +269,22 @@ class _Step:
   def dual_step(self, state: ts.TrainState,
                 batch: Array) -> tuple[ts.TrainState, Metrics]:
     """The dual-MCMC iteration (module docstring, steps 1-5)."""
+    state, metrics, _ = self.dual_iteration(state, batch)
+    return state, metrics
+
+  def dual_iteration(self, state: ts.TrainState, batch: Array
+                     ) -> tuple[ts.TrainState, Metrics, dict[str, Array]]:
+    """`dual_step` that also returns the revised samples."""
     x, models, s = batch, self.models, self.s  # x: [B, ...]
     k_z, k_x1, k_q, k_zc, k_x2 = jax.random.split(ts.step_key(state), 5)
     # 1. Generator proposal and its x-revision under the current EBM.
-    z = jax.random.normal(k_z, (x.shape[0], models.nz), jnp.float32)
+    z = self.normal(noise.PRIOR, k_z, (x.shape[0], models.nz), None)
     x0, gen_bn = sampling.generate(models, state.gen, z)
     # Metropolis jumps (langevin_x.jump_std) only move the EBM's negatives:
     # a jump to another mode would pull G(z) towards the midpoint of two.
     x1, ebm_sn, info_x1 = sampling.revise_x(
-        models, state.ebm, x0, k_x1, dataclasses.replace(s.lx, jump_std=0.0))
+        models, state.ebm, x0, k_x1, dataclasses.replace(s.lx, jump_std=0.0),
+        normal=self.normal, name=noise.X_CHAIN)
     (x,) = _after(x1, x)
     # 2. Inference proposal and its z-revision under the current generator.
     z1, gen_bn, chain_metrics = self.z_revision(state, gen_bn, x, k_q, k_zc)
@@ -280,7 +307,8 @@ class _Step:
       x0_neg, slots = self.from_replay(state, x0_neg, k_x2)
       (x0_neg,) = _after(inf, x0_neg)
       x_neg, ebm_sn, info_neg = sampling.revise_x(
-          models, state.ebm.replace(state=ebm_sn), x0_neg, k_x2, s.lx)
+          models, state.ebm.replace(state=ebm_sn), x0_neg, k_x2, s.lx,
+          normal=self.normal, name=noise.X_CHAIN_NEGATIVE)
     else:
       x_neg, info_neg, slots = x1, info_x1, None
     x_neg, ebm_sn = self.lengthen_chains(state, ebm_sn, x_neg, k_x2)
@@ -288,8 +316,10 @@ class _Step:
     metrics = {**m_g, **m_i, **m_e, **chain_metrics}
     if 'z_chain_rec_start' in metrics:
       metrics['z_chain_rec_end'] = m_g['g_rec_after_z_chain']
-    return self.finish(state, metrics, ebm=ebm, gen=gen, inf=inf,
-                       **self.to_replay(state, slots, x_neg))
+    state, metrics = self.finish(state, metrics, ebm=ebm, gen=gen, inf=inf,
+                                 **self.to_replay(state, slots, x_neg))
+    return state, metrics, {'z': z, 'x0': x0, 'x1': x1, 'z1': z1,
+                            'x_neg': x_neg}
 
   def from_replay(self, state: ts.TrainState, x0: Array, key: Array
                   ) -> tuple[Array, Array | None]:
@@ -334,12 +364,12 @@ class _Step:
     s = self.s
     if not s.data_teaching:
       return None, gen_bn, {}
-    z0, _, _ = sampling.infer_z(self.models, state.inf, x, k_q)
+    z0, _, _ = sampling.infer_z(self.models, state.inf, x, k_q, self.normal)
     if not s.z_revision:
       return z0, gen_bn, {}
     z1, gen_bn, info_z = sampling.revise_z(
         self.models, state.gen.replace(state=gen_bn), z0, x, k_zc, s.lz,
-        s.sigma, s.prior_sigma)
+        s.sigma, s.prior_sigma, normal=self.normal)
     # Reconstruction error at the chain's start, recovered from its energy.
     rec_start = (info_z.energy_start - s.w_prior * jnp.sum(jnp.square(z0))
                  ) / (s.w_rec * x.shape[0])

@@ -2,17 +2,18 @@
 
 An independent statement, in PyTorch, of the authors' nets (jcui1224/dual-MCMC
 `nets.py`: `_Cifar10_netG`, `_Cifar10_netE`, `_Cifar10_netI`) and of one
-iteration of their training loop (`train.py`), used
-to generate the golden fixtures of `tests/agreement_test.py`, to write real
-`.pth` files in the import tests, and as the PyTorch side of speed
-comparisons. It does not import the JAX library: the layouts below are
-written from the authors' layer lists, not derived from `networks/`, so that an error
-in one is not silently shared by the other.
+iteration of their training loop (`authors_iteration`: the body of `fit` in
+their `train.py`, statement by statement), used to generate the golden
+fixtures of `tests/agreement_test.py` and `tests/golden_iteration_test.py`,
+to write real `.pth` files in the import tests, and as the PyTorch side of
+speed comparisons. It does not import the JAX library: the layouts below are
+written from the authors' layer lists, not derived from `networks/`, so that
+an error in one is not silently shared by the other.
 
 This module needs PyTorch, which is an optional dependency of the project
 (`pip install torch`); nothing in the library or in CI imports it.
 
-State-dict layout: the key names `import_torch.py` expects. For CIFAR-10
+State-dict layout: the key names `dual_mcmc_jax/import_torch` expects. For CIFAR-10
 they are the authors' (their `_Cifar10_netG`, `_Cifar10_netE`,
 `_Cifar10_netI`), so that their checkpoints, dicts {'epoch', 'netG', 'netE',
 'netI', 'optG', 'optE', 'optI'} of state dicts, import as they are. The
@@ -459,22 +460,6 @@ def z_langevin_step(netG: nn.Module, z: Tensor, x: Tensor, s: float, n: float,
   return (z.detach() - 0.5 * s * s * grad + n * noise).detach(), grad
 
 
-def x_langevin(netE: nn.Module, x: Tensor, steps: int, s: float,
-               n: float) -> Tensor:
-  """Runs `steps` x-Langevin steps (the x-revision Tx)."""
-  for _ in range(steps):
-    x, _ = x_langevin_step(netE, x, s, n)
-  return x
-
-
-def z_langevin(netG: nn.Module, z: Tensor, x: Tensor, steps: int, s: float,
-               n: float, sigma: float, prior_sigma: float) -> Tensor:
-  """Runs `steps` z-Langevin steps (the z-revision Tz)."""
-  for _ in range(steps):
-    z, _ = z_langevin_step(netG, z, x, s, n, sigma, prior_sigma)
-  return z
-
-
 def gaussian_nll(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
   """Per-example NLL without the log(2 pi) constant, 1e-6 added to the var."""
   z, mu, logvar = (t.reshape(t.shape[0], -1) for t in (z, mu, logvar))
@@ -526,11 +511,160 @@ def ebm_loss(netE: nn.Module, x: Tensor, x_neg: Tensor,
   return diff / temperature, diff
 
 
+# --------------------------------------------------------------------------
+# One iteration of the authors' training loop, line by line.
+# --------------------------------------------------------------------------
+
+# The Gaussian draws of one iteration, by the names `dual_mcmc_jax/noise.py`
+# gives them: 'prior' [B, nz], 'reparam' [B, nz], 'z_chain' [Tz, B, nz],
+# 'x_chain' and 'x_chain_negative' [Tx, B, C, H, W]. None: drawn here.
+Draws = dict[str, Tensor]
+
+
+def _draw(draws: Draws | None, name: str, like: Tensor,
+          index: int | None = None) -> Tensor:
+  if draws is None:
+    return torch.randn_like(like)
+  d = draws[name] if index is None else draws[name][index]
+  return d.reshape(like.shape).to(like.dtype)
+
+
+def authors_langevin_x(netE: nn.Module, x: Tensor, args: ReferenceArgs,
+                       draws: Draws | None, name: str) -> Tensor:
+  """train.py, `langevin_x`: the x-revision, one EBM pass per step."""
+  x = x.clone().detach()
+  x.requires_grad = True
+  for i in range(args.x_steps):
+    energy = netE(x).sum()
+    grad = torch.autograd.grad(energy, x)[0]
+    x.data = x.data - 0.5 * args.s_x * args.s_x * grad
+    x.data = x.data + args.n_x * _draw(draws, name, x, i)  # use_noise
+  return x.detach()
+
+
+def authors_langevin_z(netG: nn.Module, z: Tensor, x: Tensor,
+                       args: ReferenceArgs, draws: Draws | None) -> Tensor:
+  """train.py, `langevin_z`: the z-revision (MSELoss(reduction='sum'))."""
+  z = z.clone().detach()
+  z.requires_grad = True
+  for i in range(args.z_steps):
+    err_recon = torch.sum((netG(z) - x)**2)
+    grad = torch.autograd.grad(err_recon, z)[0]
+    z.data = z.data - 0.5 * args.s_z * args.s_z * (
+        grad / args.sigma / args.sigma + 1.0 /
+        (args.prior_sigma * args.prior_sigma) * z.data) + args.n_z * _draw(
+            draws, 'z_chain', z, i)
+  return z.detach()
+
+
+def _grads(net: nn.Module) -> dict[str, Tensor]:
+  return {k: p.grad.detach().clone() for k, p in net.named_parameters()
+          if p.grad is not None}
+
+
+@dataclasses.dataclass
+class AuthorsIteration:
+  """What one iteration of the authors' loop computed, stage by stage.
+
+  Attributes:
+    x1, z1, x_neg: the x-revised samples, the z-revised latents and the
+      EBM's negatives (the second chain's samples).
+    losses: errG, errI, errE_loss and errE (as 'loss_g', 'loss_i',
+      'loss_e', 'energy_diff').
+    grads: per net ('G', 'I', 'E') the gradient of its loss, by parameter.
+  """
+  x1: Tensor
+  z1: Tensor
+  x_neg: Tensor
+  losses: dict[str, float]
+  grads: dict[str, dict[str, Tensor]]
+
+
+def authors_iteration(netG: nn.Module, netE: nn.Module, netI: nn.Module,
+                      optimizers: dict[str, torch.optim.Optimizer], x: Tensor,
+                      args: ReferenceArgs, draws: Draws | None = None
+                      ) -> AuthorsIteration:
+  """The body of the training loop of train.py's `fit` (jcui1224/dual-MCMC).
+
+  Statement for statement, in the authors' order; each comment quotes the
+  statement it stands for. Differences of form only: the Gaussian draws
+  can be passed in (`draws`), and nothing is logged.
+
+  Args:
+    netG, netE, netI: the nets, in train mode.
+    optimizers: {'G', 'E', 'I'} Adam optimisers (`make_optimizers`).
+    x: the data batch, [B, C, H, W].
+    args: the hyper-parameters (`fine_tune` is `args.second_x_chain`).
+    draws: the iteration's Gaussian draws (`Draws`), or None to draw them.
+
+  Returns:
+    The iteration's samples, losses and gradients; the nets and optimisers
+    are updated in place.
+  """
+  b = x.shape[0]
+  opt_g, opt_e, opt_i = optimizers['G'], optimizers['E'], optimizers['I']
+  # "Train G": optG.zero_grad(); noise...normal_(); samples = netG(noiseV)
+  opt_g.zero_grad()
+  noise = _draw(draws, 'prior', torch.empty(b, args.nz, 1, 1))
+  samples = netG(noise)
+  # infer_z_mu_true, infer_z_log_sigma_true = netI(x)
+  mu, log_sigma = netI(x)
+  # z_input = reparametrize(...): eps.mul(std).add_(mu), std = exp(0.5 lv)
+  z_input = _draw(draws, 'reparam', mu).mul(
+      torch.exp(log_sigma.mul(0.5))).add_(mu)
+  # z_input_corr = langevin_z(z_input, x, netG, args)
+  z_corr = authors_langevin_z(netG, z_input, x, args, draws)
+  # samples_corr = langevin_x(samples, netE, args)
+  samples_corr = authors_langevin_x(netE, samples, args, draws, 'x_chain')
+  # errRecon = mse(netG(z_input_corr.detach()), x) / batch_size
+  err_recon = torch.sum((netG(z_corr.detach()) - x)**2) / b
+  # errSample = mse(samples, samples_corr) / batch_size
+  err_sample = torch.sum((samples - samples_corr)**2) / b
+  # errG = errRecon + args.Sfactor * errSample; errG.backward(); optG.step()
+  err_g = err_recon + args.s_factor * err_sample
+  err_g.backward()
+  grads = {'G': _grads(netG)}
+  opt_g.step()
+  # with t.no_grad(): et = netE(x).squeeze().mean()  (a logging pass; in
+  # train mode it still runs one spectral-norm power iteration)
+  with torch.no_grad():
+    netE(x)
+  # "Train I": optI.zero_grad(); neg_log_q_z, errLatent, errI
+  opt_i.zero_grad()
+  neg_log_q_z = torch.mean(gaussian_nll(z_corr, mu, log_sigma))
+  mu_gen, log_sigma_gen = netI(samples_corr)
+  err_latent = torch.mean(gaussian_nll(noise, mu_gen, log_sigma_gen))
+  err_i = neg_log_q_z + args.i_factor * err_latent
+  err_i.backward()
+  grads['I'] = _grads(netI)
+  opt_i.step()
+  # "Train E": optE.zero_grad(); Eng_T = netE(x) (before the second chain)
+  opt_e.zero_grad()
+  e_t = torch.mean(netE(x).squeeze())
+  # samples = netG(noiseV); if args.fine_tune: samples = langevin_x(...)
+  samples = netG(noise)
+  if args.second_x_chain:
+    samples = authors_langevin_x(netE, samples, args, draws,
+                                 'x_chain_negative')
+  # Eng_F = netE(samples.detach()); errE = E_T - E_F; errE_loss = errE / T
+  e_f = torch.mean(netE(samples.detach()).squeeze())
+  err_e = e_t - e_f
+  err_e_loss = err_e / (args.n_x / args.s_x)**2
+  err_e_loss.backward()
+  grads['E'] = _grads(netE)
+  opt_e.step()
+  return AuthorsIteration(
+      x1=samples_corr, z1=z_corr, x_neg=samples.detach(),
+      losses={'loss_g': err_g.item(), 'loss_i': err_i.item(),
+              'loss_e': err_e_loss.item(), 'energy_diff': err_e.item()},
+      grads=grads)
+
+
 def reference_train_step(netG: nn.Module, netE: nn.Module, netI: nn.Module,
                          optimizers: dict[str, torch.optim.Optimizer] |
                          Sequence[torch.optim.Optimizer], x: Tensor,
                          args: ReferenceArgs) -> dict[str, Any]:
-  """One iteration of the authors' train.py (both chains, three updates).
+  """One iteration of the authors' loop (`authors_iteration`), as metrics.
 
   Args:
     netG, netE, netI: the nets, in train mode.
@@ -540,54 +674,12 @@ def reference_train_step(netG: nn.Module, netE: nn.Module, netI: nn.Module,
     args: the iteration's hyper-parameters.
 
   Returns:
-    Metrics as Python floats, and 'healthy' (False where the reference
+    The losses as Python floats, and 'healthy' (False where the reference
     stops: a NaN loss or |mean E(x) - mean E(x1')| > energy_diff_limit).
   """
   if not isinstance(optimizers, dict):
     optimizers = dict(zip('GEI', optimizers))
-  b = x.shape[0]
-  temperature = (args.n_x / args.s_x)**2
-
-  # 1. Generator proposal (kept in the graph for the generator loss) and its
-  #    x-revision under the current EBM.
-  z = torch.randn(b, args.nz, 1, 1, device=x.device)
-  x0 = netG(z)
-  x1 = x_langevin(netE, x0.detach(), args.x_steps, args.s_x, args.n_x)
-
-  # 2. Inference proposal and its z-revision under the current generator.
-  with torch.no_grad():
-    mu, logvar = netI(x)
-    z0 = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-  z1 = z_langevin(netG, z0, x, args.z_steps, args.s_z, args.n_z, args.sigma,
-                  args.prior_sigma)
-
-  # 3. Generator update.
-  loss_g = generator_loss(netG, x, z, z1, x1, args.g_factor, args.s_factor,
-                          x0=x0)
-  optimizers['G'].zero_grad(set_to_none=True)
-  loss_g.backward()
-  optimizers['G'].step()
-
-  # 4. Inference update.
-  loss_i = inference_loss(netI, x, z1, x1, z, args.g_factor, args.i_factor)
-  optimizers['I'].zero_grad(set_to_none=True)
-  loss_i.backward()
-  optimizers['I'].step()
-
-  # 5. EBM update, negatives from a second chain off the updated generator.
-  if args.second_x_chain:
-    with torch.no_grad():
-      x0_neg = netG(z)
-    x_neg = x_langevin(netE, x0_neg, args.x_steps, args.s_x, args.n_x)
-  else:
-    x_neg = x1
-  loss_e, diff = ebm_loss(netE, x, x_neg, temperature)
-  optimizers['E'].zero_grad(set_to_none=True)
-  loss_e.backward()
-  optimizers['E'].step()
-
-  losses = [loss_g.item(), loss_i.item(), loss_e.item()]
-  healthy = (all(math.isfinite(v) for v in losses) and
-             abs(diff.item()) <= args.energy_diff_limit)
-  return {'loss_g': losses[0], 'loss_i': losses[1], 'loss_e': losses[2],
-          'energy_diff': diff.item(), 'healthy': healthy}
+  losses = authors_iteration(netG, netE, netI, optimizers, x, args).losses
+  healthy = (all(math.isfinite(v) for v in losses.values()) and
+             abs(losses['energy_diff']) <= args.energy_diff_limit)
+  return {**losses, 'healthy': healthy}
