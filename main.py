@@ -29,6 +29,7 @@ from ml_collections import config_flags
 
 from dual_mcmc_jax import checkpointing
 from dual_mcmc_jax import evaluate
+from dual_mcmc_jax import settings as settings_lib
 from dual_mcmc_jax import sharding
 from dual_mcmc_jax import train
 
@@ -127,8 +128,10 @@ def run(mode: str, config, workdir: str) -> None:
       no rollbacks left.
   """
   try:
-    # Every mode checks the config itself (config_checks.validate) before
-    # anything is compiled, loaded or written.
+    # Every mode reads the config into its settings first
+    # (settings.from_config), which checks every field before anything is
+    # compiled, loaded or written.
+    config = settings_lib.from_config(config)
     if mode == 'eval':
       evaluate.evaluate(config, workdir)
     elif mode == 'sample':

@@ -43,9 +43,9 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from dual_mcmc_jax import config_checks
 from dual_mcmc_jax import data
 from dual_mcmc_jax import runtime
+from dual_mcmc_jax import settings as settings_lib
 from dual_mcmc_jax import sharding
 
 FLAGS = flags.FLAGS
@@ -185,8 +185,7 @@ def _report(config, rows: list[dict[str, Any]]) -> None:
 
 
 def main(_):
-  config = FLAGS.config
-  config_checks.validate(config)
+  config = settings_lib.from_config(FLAGS.config)
   mock = contextlib.nullcontext()
   if FLAGS.mock:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top

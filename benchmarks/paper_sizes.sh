@@ -26,8 +26,8 @@ run() {  # name, then benchmark flags
 }
 run resnet_float32 --config=configs/cifar10.py --iters=10 --noloop \
     --baseline="$baseline" --noratio_table
-run resnet_forward_conv --config=configs/cifar10.py --iters=10 --noloop \
-    --nopeak --config.model.conv_input_grad=forward_conv
+run resnet_cpu_plugin --config=configs/cifar10.py --iters=10 --noloop \
+    --nopeak --config.training.cpu_plugin=on
 run resnet_bfloat16 --config=configs/cifar10.py --iters=10 --noloop \
     --config.training.compute_dtype=bfloat16
 run simple_float32 --config=configs/cifar10_simple.py --iters=20 --noloop \

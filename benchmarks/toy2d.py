@@ -219,8 +219,8 @@ def langevin_gradients(config: ml_collections.ConfigDict) -> dict[str, int]:
   if t.x_chain_init == 'noise':
     return {'ebm': x_steps, 'generator': 0}
   chains = 2 if (t.second_x_chain or
-                 t.get('negative_chain_init', 'generator') == 'data') else 1
-  extra = int(t.get('long_chains', 0)) * int(t.get('long_chain_steps', 0))
+                 t.negative_chain_init == 'data') else 1
+  extra = int(t.long_chains) * int(t.long_chain_steps)
   z_chain = t.generator_data_teaching and t.z_revision
   return {'ebm': chains * x_steps + round(extra / int(t.batch_size)),
           'generator': z_steps if z_chain else 0}

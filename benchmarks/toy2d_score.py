@@ -21,7 +21,9 @@ import numpy as np
 from benchmarks import heldout2d
 from dual_mcmc_jax import langevin
 from dual_mcmc_jax import networks
+from dual_mcmc_jax import remedies
 from dual_mcmc_jax import sampling
+from dual_mcmc_jax import settings as settings_lib
 from dual_mcmc_jax import toy2d
 from dual_mcmc_jax.evaluators import density2d
 from dual_mcmc_jax.evaluators import ood
@@ -34,8 +36,8 @@ _MODE_STD = 3.0  # A sample is in a mode within this many stds (mode_coverage).
 def chain_temperature(config: ml_collections.ConfigDict) -> float:
   """T such that the x-chain is Langevin dynamics for exp(-E / T).
 
-  `langevin.LangevinSettings.temperature`: n^2 / s^2 for the reference
-  rule, 1 for the paper's.
+  `langevin.temperature`: n^2 / s^2 for the reference rule, 1 for the
+  paper's.
 
   Args:
     config: the run's configuration (config.langevin_x).
@@ -43,7 +45,7 @@ def chain_temperature(config: ml_collections.ConfigDict) -> float:
   Returns:
     T.
   """
-  return langevin.LangevinSettings.from_config(config.langevin_x).temperature
+  return langevin.temperature(settings_lib.from_config(config).langevin_x)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,7 +163,7 @@ def draw_samples(config: ml_collections.ConfigDict, models: networks.Models,
   Returns:
     {'generator': [n, 2] or None, 'revised': [n, 2]}.
   """
-  lx = langevin.LangevinSettings.from_config(config.langevin_x)
+  lx = settings_lib.from_config(config).langevin_x
   noise = config.training.x_chain_init == 'noise'
   low = float(config.training.x_noise_low)
   high = float(config.training.x_noise_high)
@@ -175,7 +177,11 @@ def draw_samples(config: ml_collections.ConfigDict, models: networks.Models,
     else:
       z = jax.random.normal(k_init, (n, models.nz), jnp.float32)
       x0, _ = sampling.generate(models, state.gen, z)
-    x1, _, _ = sampling.revise_x(models, state.ebm, x0, k_chain, lx)
+    # The chain of the run's negatives, with its Metropolis jumps if any.
+    then = (remedies.jumps(models, state.ebm.params, lx) if lx.jump_std > 0
+            else langevin.unchanged)
+    x1, _, _ = sampling.revise_x(models, state.ebm, x0, k_chain, lx,
+                                 then=then)
     return x0, x1
 
   x0, x1 = jax.device_get(sample(state, jax.random.key(seed)))

@@ -44,6 +44,7 @@ prints XLA's temporary bytes, e.g. at the paper's size:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import resource
@@ -60,11 +61,12 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from dual_mcmc_jax import conv
+from dual_mcmc_jax import cpu
 from dual_mcmc_jax import experiment
-from dual_mcmc_jax import runtime
-from dual_mcmc_jax import sharding
 from dual_mcmc_jax import networks
+from dual_mcmc_jax import runtime
+from dual_mcmc_jax import settings as settings_lib
+from dual_mcmc_jax import sharding
 from dual_mcmc_jax import train_state as ts
 import profile_trace
 
@@ -101,15 +103,18 @@ def _cost_flops(cost: Any) -> float:
 def _lowered_flops(config: ml_collections.ConfigDict, x_steps: int,
                    z_steps: int) -> float:
   """XLA's flop estimate of the step with the given chain lengths."""
-  c = ml_collections.ConfigDict(config.to_dict())
-  c.langevin_x.steps, c.langevin_z.steps = x_steps, z_steps
-  # Count the model's own arithmetic: the CPU's forward-conv gradient rule
-  # multiplies the zeros of dilated inputs too (dual_mcmc_jax/conv.py).
-  c.model.conv_input_grad = 'xla'
-  # Chains of 0 steps are no valid config; this variant is only lowered.
-  exp = experiment.build(c, steps_per_epoch=500, validate=False)
+  s = settings_lib.from_config(config)
+  # Chains of 0 steps are no valid config, so the settings are changed after
+  # they are read; this variant is only lowered. XLA's own convolutions
+  # count the model's arithmetic: the CPU plug-in's forms do other work
+  # for the same numbers (dual_mcmc_jax/cpu/conv.py).
+  s = s.replace(
+      langevin_x=dataclasses.replace(s.langevin_x, steps=x_steps),
+      langevin_z=dataclasses.replace(s.langevin_z, steps=z_steps),
+      training=dataclasses.replace(s.training, cpu_plugin='off'))
+  exp = experiment.build(s, steps_per_epoch=500)
   batch = jax.ShapeDtypeStruct(
-      (int(c.training.batch_size),) + exp.models.data_shape, jnp.float32)
+      (s.training.batch_size,) + exp.models.data_shape, jnp.float32)
   return _cost_flops(
       exp.train_step.lower(exp.abstract_state(), batch).cost_analysis())
 
@@ -277,7 +282,7 @@ def benchmark_loop(config: ml_collections.ConfigDict, iters: int
                    ) -> dict[str, Any]:
   """The whole loop per iteration, fetching metrics every step or every N."""
   exp = experiment.build(config, steps_per_epoch=500)
-  every = int(config.training.get('health_every_steps', 20))
+  every = int(config.training.health_every_steps)
   host_batch = exp.synthetic_host_batch(0)
   state = exp.init_state()
   _, state = _timed_loop(exp, state, host_batch, 2, 1)  # Compiles.
@@ -297,9 +302,8 @@ def _describe(config: ml_collections.ConfigDict, state: Any
       'devices': jax.device_count(),
       'device_kind': jax.devices()[0].device_kind,
       'platform': jax.devices()[0].platform,
-      'dtype': str(config.training.get('compute_dtype', 'float32')),
-      'conv_input_grad': conv.resolve_input_grad(
-          str(config.model.get('conv_input_grad', 'auto'))),
+      'dtype': str(config.training.compute_dtype),
+      'compute': cpu.compute_for(config.training.cpu_plugin).name,
       'arch': config.model.arch,
       'image_size': int(config.data.image_size),
       'ngf': int(config.model.ngf),
@@ -464,7 +468,7 @@ def sweep(config: ml_collections.ConfigDict, iters: int) -> list[dict[str, Any]]
   for steps in (10, 30, 60, 120):
     variants.append((f'langevin_x.steps={steps}', {'langevin_x.steps': steps}))
   for scale in (0.5, 1.0, 2.0):
-    w = {k: max(1, int(config.model[k] * scale)) for k in ('ngf', 'nef')}
+    w = {k: max(1, int(getattr(config.model, k) * scale)) for k in ('ngf', 'nef')}
     variants.append((f'ngf=nef={w["nef"]}',
                      {'model.ngf': w['ngf'], 'model.nef': w['nef']}))
   for label, overrides in variants:
@@ -512,7 +516,8 @@ def main(argv):
   result = benchmark(config, FLAGS.iters, FLAGS.warmup, FLAGS.profile_dir,
                      between=baseline)
   if FLAGS.peak:
-    peak = measure_peak_tflops(ts.compute_dtype(config))
+    peak = measure_peak_tflops(
+        ts.COMPUTE_DTYPES[config.training.compute_dtype])
     result['peak_tflops_measured'] = peak
     result['fraction_of_peak'] = result['achieved_tflops'] / peak
   print(f'devices: {result["devices"]} x {result["device_kind"]} '

@@ -36,6 +36,8 @@ def get_config() -> ml_collections.ConfigDict:
   # toy2d: density name, and the number of points that make one "epoch".
   data.toy2d_name = '8gaussians'
   data.toy2d_num_points = 50_000
+  # Dimension of the points the 'mlp' nets learn (toy2d; npz of points).
+  data.point_dim = 2
   # npz: path to a .npz whose first array (or `npz_key`) holds the data.
   data.npz_path = ml_collections.config_dict.placeholder(str)
   data.npz_key = ml_collections.config_dict.placeholder(str)
@@ -71,14 +73,6 @@ def get_config() -> ml_collections.ConfigDict:
   # Power iterations per EBM forward pass. PyTorch's spectral_norm runs one
   # per forward pass in train mode, including every Langevin step.
   model.sn_power_iterations = 1
-  # Input-gradient rule of the EBM's and generator's convolutions, the bulk
-  # of both Langevin chains (dual_mcmc_jax/conv.py): 'xla' (JAX autodiff),
-  # 'forward_conv' (the same gradient as a plain forward conv, and
-  # Winograd / matrix-product forms of the nets' convs; the whole training
-  # iteration 12x faster on XLA's CPU backend, docs/performance.md),
-  # 'auto' (forward_conv on the CPU, xla on
-  # GPUs and TPUs, where it is unmeasured).
-  model.conv_input_grad = 'auto'
 
   # --- x-revision: Langevin on x under the EBM ------------------------
   config.langevin_x = lx = ml_collections.ConfigDict()
@@ -137,6 +131,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Network compute dtype: 'float32' or 'bfloat16' (mixed precision: params,
   # optimiser states, Langevin iterates and energies stay float32).
   training.compute_dtype = 'float32'
+  # The CPU plug-in (dual_mcmc_jax/cpu/): faster convolutions and chains on
+  # XLA's CPU backend, the same numbers to float32 rounding. 'auto': on for
+  # the CPU backend only; GPUs and TPUs run XLA's own. 'on', 'off'.
+  training.cpu_plugin = 'auto'
   # Run a second x-chain from the updated generator for the EBM update (the
   # reference's "fine_tune"); False is the paper's Algorithm 1.
   training.second_x_chain = True

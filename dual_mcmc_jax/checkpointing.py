@@ -30,34 +30,26 @@ import os
 from typing import Any
 
 from absl import logging
+from flax import traverse_util
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
 from dual_mcmc_jax import networks
+from dual_mcmc_jax import settings as settings_lib
 from dual_mcmc_jax import sharding
 from dual_mcmc_jax import train_state as ts
 
 CONFIG_FILE = 'config.json'
 
-# Fields whose change makes a checkpoint belong to a different run: the
-# networks (the state's structure), the data and its order, the seed. Tuning
-# fields (learning rates, Langevin settings, loss weights) and the loop's
-# bookkeeping (step counts, intervals) may change on resume, so that a longer
-# run can continue a shorter one and a diverged run can be restarted with a
-# lower learning rate. A group name stands for all of its fields.
-RUN_DEFINING_FIELDS = (
-    'model',
-    'data.dataset', 'data.image_size', 'data.num_channels', 'data.train_split',
-    'data.toy2d_name', 'data.npz_path', 'data.npz_key', 'data.image_folder',
-    'training.seed', 'training.batch_size',
-    # The ablation switches: which teaching signals the run is made of.
-    'training.z_revision', 'training.generator_x_teaching',
-    'training.generator_data_teaching', 'training.x_chain_init',
-    'training.second_x_chain',
-    # The replay buffer is part of the state: its size shapes the checkpoint.
-    'training.replay_buffer_size',
-)
+# Fields whose change makes a checkpoint belong to a different run: those
+# declared `run_defining` in settings.py (the networks, the data and its
+# order, the seed, the batch size, the ablation switches, the replay
+# buffer's size). Tuning fields (learning rates, Langevin settings, loss
+# weights) and the loop's bookkeeping (step counts, intervals) may change on
+# resume, so that a longer run can continue a shorter one and a diverged run
+# can be restarted with a lower learning rate.
+RUN_DEFINING_FIELDS = settings_lib.run_defining_fields()
 
 _FORCE_FLAG = '--config.recovery.allow_config_change=True'
 # Orbax and TensorStore errors run to pages; an error line keeps their start.
@@ -113,53 +105,56 @@ def write_json_atomically(path: str, content: Any) -> None:
   os.replace(tmp, path)
 
 
-def flatten_dict(d: dict[str, Any], prefix: str = '') -> dict[str, Any]:
-  """{'a': {'b': 1}} -> {'a.b': 1}: config fields by their dotted names."""
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(flatten_dict(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = v
-  return out
-
-
-def _config_as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+def _config_as_json(config: Any) -> dict[str, Any]:
+  """A config (ConfigDict or Settings) as the plain dict config.json holds."""
+  if isinstance(config, settings_lib.Settings):
+    return json.loads(json.dumps(config.to_dict()))
   # Round trip through JSON so that tuples, placeholders etc. compare as the
   # stored file does.
   return json.loads(config.to_json_best_effort())
 
 
-# Inside those groups, fields that change how the same numbers are computed,
-# not which: a run may resume with another choice.
-COMPUTE_ONLY_FIELDS = ('model.conv_input_grad',)
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a workdir was trained with, migrated to this version.
 
+  Args:
+    workdir: a training workdir.
 
-def _is_run_defining(field: str) -> bool:
-  if field in COMPUTE_ONLY_FIELDS:
-    return False
-  return any(field == f or field.startswith(f + '.')
-             for f in RUN_DEFINING_FIELDS)
+  Returns:
+    Its `config.json` as a ConfigDict, with fields added since it was
+    written set as that version ran (`settings.migrate`).
+
+  Raises:
+    CheckpointError: there is no readable config.json.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  try:
+    with open(path) as f:
+      raw = json.load(f)
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f'{path} cannot be read ({e})') from e
+  return ml_collections.ConfigDict(settings_lib.migrate(raw))
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]
                        ) -> list[str]:
   """Run-defining fields that differ, as 'field: old -> new'.
 
-  A field present on one side only (added by a code update) is not counted:
-  its value on the other side is unknown, not different.
+  Both configs are first brought to this version's form (`settings.migrate`),
+  so a field added since the old one was written has the value it ran with.
   """
-  a, b = flatten_dict(old), flatten_dict(new)
-  return [f'{k}: {a[k]!r} -> {b[k]!r}' for k in sorted(a.keys() & b.keys())
-          if _is_run_defining(k) and a[k] != b[k]]
+  a = traverse_util.flatten_dict(settings_lib.migrate(old), sep='.')
+  b = traverse_util.flatten_dict(settings_lib.migrate(new), sep='.')
+  return [f'{k}: {a.get(k)!r} -> {b.get(k)!r}' for k in RUN_DEFINING_FIELDS
+          if a.get(k) != b.get(k)]
 
 
-def check_and_store_config(config: ml_collections.ConfigDict, workdir: str,
+def check_and_store_config(settings: settings_lib.Settings, workdir: str,
                            has_checkpoint: bool) -> None:
   """Refuses to resume another config's checkpoints; stores the config.
 
   Args:
-    config: the config of this run.
+    settings: the settings of this run.
     workdir: the run's directory; its `config.json` is the stored config.
     has_checkpoint: whether the workdir holds a finished checkpoint.
 
@@ -169,8 +164,8 @@ def check_and_store_config(config: ml_collections.ConfigDict, workdir: str,
       `config.recovery.allow_config_change` is not set.
   """
   path = os.path.join(workdir, CONFIG_FILE)
-  new = _config_as_json(config)
-  allow = bool(config.recovery.allow_config_change)
+  new = _config_as_json(settings)
+  allow = settings.recovery.allow_config_change
   if has_checkpoint and os.path.exists(path):
     try:
       with open(path) as f:
@@ -269,13 +264,14 @@ def restore_or_create_state(manager: ocp.CheckpointManager,
   return state
 
 
-def load_state(config: ml_collections.ConfigDict, workdir: str,
-               step: int | None = None
+def load_state(config: ml_collections.ConfigDict | settings_lib.Settings,
+               workdir: str, step: int | None = None
                ) -> tuple[networks.Models, ts.TrainState]:
   """Restores the train state of a workdir (latest step by default).
 
   Args:
-    config: the configuration the workdir was trained with.
+    config: the configuration the workdir was trained with (a ConfigDict or
+      its `Settings`).
     workdir: a training workdir.
     step: checkpoint step to load, or None for the newest restorable one.
 
@@ -286,12 +282,13 @@ def load_state(config: ml_collections.ConfigDict, workdir: str,
     FileNotFoundError: the workdir has no checkpoint.
     CheckpointError: it has checkpoints but none can be restored.
   """
-  models = ts.create_models(config)
+  settings = settings_lib.from_config(config)
+  models = ts.create_models(settings)
   # The optimiser state's structure does not depend on the schedule length.
-  optimizers = ts.create_optimizers(config.optim, steps_per_epoch=1)
+  optimizers = ts.create_optimizers(settings.optim, steps_per_epoch=1)
   manager = create_checkpoint_manager(workdir, 1_000_000)
-  abstract = abstract_state(models, optimizers, int(config.training.seed),
-                            replay=ts.replay_spec(config))
+  abstract = abstract_state(models, optimizers, settings.training.seed,
+                            replay=ts.replay_spec(settings.training))
   if step is not None:
     return models, manager.restore(step,
                                    args=ocp.args.StandardRestore(abstract))

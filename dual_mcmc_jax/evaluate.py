@@ -33,8 +33,8 @@ import ml_collections
 import numpy as np
 
 from dual_mcmc_jax import checkpointing
-from dual_mcmc_jax import config_checks
 from dual_mcmc_jax import evaluators
+from dual_mcmc_jax import settings as settings_lib
 from dual_mcmc_jax import sharding
 from dual_mcmc_jax import visualize
 from dual_mcmc_jax.evaluators import common
@@ -42,7 +42,7 @@ from dual_mcmc_jax.evaluators import common
 EvaluatorUnavailable = common.EvaluatorUnavailable
 
 
-def evaluator_names(config: ml_collections.ConfigDict) -> list[str]:
+def evaluator_names(config: settings_lib.Settings) -> list[str]:
   """config.eval.evaluators as a checked list."""
   names = common.parse_list(config.eval.evaluators)
   if not names:
@@ -136,13 +136,13 @@ class _Recorder:
       _write_json(self.json_path, self.data)
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str
-             ) -> dict[str, Any]:
+def evaluate(config: ml_collections.ConfigDict | settings_lib.Settings,
+             workdir: str) -> dict[str, Any]:
   """Runs the configured evaluators on the latest checkpoint of `workdir`.
 
   Args:
     config: the configuration the workdir was trained with (plus any eval
-      overrides).
+      overrides), a ConfigDict or its `Settings`.
     workdir: a training workdir with checkpoints.
 
   Returns:
@@ -153,13 +153,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str
   Raises:
     EvaluatorUnavailable: something could not run and config.eval.strict.
   """
-  config_checks.validate(config)
+  config = settings_lib.from_config(config)
   names = evaluator_names(config)
   workdir = os.path.abspath(workdir)
   models, state = checkpointing.load_state(config, workdir)
   step = int(jax.device_get(state.step))
   mesh = sharding.data_mesh()
-  strict = bool(config.eval.strict)
+  strict = config.eval.strict
   recorder = _Recorder(workdir, step, strict)
   logging.info('Evaluating step %d of %s: %s', step, workdir, ', '.join(names))
   for name in names:
@@ -189,8 +189,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str
   return recorder.data
 
 
-def sample(config: ml_collections.ConfigDict, workdir: str,
-           num_samples: int | None = None) -> str:
+def sample(config: ml_collections.ConfigDict | settings_lib.Settings,
+           workdir: str, num_samples: int | None = None) -> str:
   """Writes generator and EBM-revised samples of the latest checkpoint.
 
   Args:
@@ -201,18 +201,18 @@ def sample(config: ml_collections.ConfigDict, workdir: str,
   Returns:
     The path of the .npz (arrays 'generator' and 'ebm_revised').
   """
+  config = settings_lib.from_config(config)
   workdir = os.path.abspath(workdir)
   n = int(num_samples or config.eval.num_samples_to_write)
   if n <= 0:
     raise ValueError(f'number of samples must be > 0; got {n}')
-  config_checks.validate(config)
   models, state = checkpointing.load_state(config, workdir)
   step = int(jax.device_get(state.step))
   mesh = sharding.data_mesh()
   batch_size = common.eval_batch_size(config)
   sampler = common.make_sampler(config, models, mesh, batch_size)
   state = sharding.replicate(state, mesh)
-  key = jax.random.key(int(config.eval.seed))
+  key = jax.random.key(config.eval.seed)
   outs: dict[str, list[np.ndarray]] = {'generator': [], 'ebm_revised': []}
   for r in range(math.ceil(n / batch_size)):
     x0, x1 = sampler(state, jax.random.fold_in(key, r))

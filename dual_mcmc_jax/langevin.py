@@ -5,7 +5,9 @@ at generator samples) and `z_energy_fn` (generator-posterior z-revision,
 started at the inference model's guess) build the energies it follows.
 Inpainting and evaluation reuse the same sampler with a mask.
 
-Two update rules (`rule`):
+An update rule is one registered function (`register_rule`) giving the
+step's gradient coefficient and noise scale, so that a step is
+``x <- x - coef * grad U(x) + noise_std * eps``. Two are registered:
 
 * ``'reference'`` (the authors' implementation, default):
   ``x <- x - (s^2 / 2) * grad U(x) + n * eps``, the gradient coefficient and
@@ -13,12 +15,18 @@ Two update rules (`rule`):
 * ``'paper'`` (supplementary Eq. 5-6): ``x <- x - s * grad U(x) + sqrt(2 s) eps``,
   standard Langevin dynamics for the density ``exp(-U)``.
 
-The chain runs in `lax.fori_loop`, so memory does not grow with the number of
-steps, and per-step noise keys come from `fold_in(key, step)`. The EBM's
-spectral-norm power iteration (and the generator's BatchNorm running
-statistics) are threaded through the loop as `aux` state, so that, as in the
-reference where every forward pass in train mode runs one power iteration,
-each Langevin step sees an updated normalisation.
+A chain's settings (steps, step size, noise, rule) are a
+`settings.ChainSettings`; `config.langevin_x.rule` / `langevin_z.rule`
+accept any registered name.
+
+The chain runs in `lax.fori_loop` (`fori_chain`), so memory does not grow
+with the number of steps, and per-step noise keys come from
+`fold_in(key, step)`. The EBM's spectral-norm power iteration (and the
+generator's BatchNorm running statistics) are threaded through the loop as
+`aux` state, so that, as in the reference where every forward pass in train
+mode runs one power iteration, each Langevin step sees an updated
+normalisation. A backend plug-in may run the same steps in another loop
+(`ChainLoop`; dual_mcmc_jax/cpu/ draws each step's noise one step ahead).
 
 `trajectory` runs the same chain (same keys, same iterates) but also returns
 every k-th point and the energy at every step, for pictures of a chain in
@@ -29,61 +37,96 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 
 from dual_mcmc_jax import noise as noise_lib
 
+if TYPE_CHECKING:
+  from dual_mcmc_jax.settings import ChainSettings  # pylint: disable=g-bad-import-order
+
 Array = jax.Array
 # energy_fn(x, aux) -> (scalar energy summed over the batch, new aux).
 EnergyFn = Callable[[Array, Any], tuple[Array, Any]]
 
-RULES = ('reference', 'paper')
-# Whether `langevin` draws each step's noise one step ahead (a switch for
-# A/B measurements; the noise and updates are the same either way, up to
-# float32 rounding where the compiler contracts a multiply-add).
-NOISE_AHEAD = True
-
 
 @dataclasses.dataclass(frozen=True)
-class LangevinSettings:
-  """Step settings of one chain (mirrors config.langevin_x / langevin_z)."""
-  steps: int
-  step_size: float
-  noise: float = 0.0
-  rule: str = 'reference'
-  # Std of the Metropolis jump proposed after every step; 0: no jumps.
-  jump_std: float = 0.0
+class LangevinRule:
+  """A registered update rule.
 
-  @classmethod
-  def from_config(cls, cfg) -> 'LangevinSettings':
-    return cls(steps=int(cfg.steps), step_size=float(cfg.step_size),
-               noise=float(cfg.noise), rule=str(cfg.rule),
-               jump_std=float(cfg.get('jump_std', 0.0)))
-
-  @property
-  def temperature(self) -> float:
-    """T such that the chain is Langevin dynamics for exp(-U / T).
-
-    A step x -= c dU/dx + sigma eps is the Euler step of Langevin dynamics
-    for exp(-U / T) with c = sigma^2 / (2 T): T = sigma^2 / (2 c), which is
-    n^2 / s^2 for the reference rule and 1 for the paper's.
-    """
-    coef, noise_std = step_coefficients(self)
-    return noise_std * noise_std / (2.0 * coef)
+  Attributes:
+    coefficients: (step size, noise) -> (gradient coefficient, noise std).
+    likelihood_weight: the weight of ||G(z) - x||^2 / sigma^2 in the
+      z-revision's energy (`z_energy_weights`).
+  """
+  coefficients: Callable[[float, float], tuple[float, float]]
+  likelihood_weight: float = 0.5
 
 
-def step_coefficients(settings: LangevinSettings) -> tuple[float, float]:
+# Rule name -> rule; `register_rule` adds to it.
+RULES: dict[str, LangevinRule] = {}
+
+
+def register_rule(name: str, likelihood_weight: float = 0.5
+                  ) -> Callable[[Callable[[float, float], tuple[float, float]]],
+                                Callable[[float, float], tuple[float, float]]]:
+  """Registers `(step_size, noise) -> (coef, noise_std)` as rule `name`.
+
+  Args:
+    name: the name configs use (`config.langevin_x.rule`).
+    likelihood_weight: the weight of ||G(z) - x||^2 / sigma^2 in the
+      z-energy; 1/2 is the true negative log posterior.
+
+  Returns:
+    A decorator that registers the function and returns it unchanged.
+  """
+  def register(fn):
+    RULES[name] = LangevinRule(fn, likelihood_weight)
+    return fn
+  return register
+
+
+@register_rule('reference', likelihood_weight=1.0)
+def reference_rule(step_size: float, noise: float) -> tuple[float, float]:
+  """The authors' update: coefficient s^2 / 2, noise n set on its own.
+
+  Their z-revision differentiates ||G(z) - x||^2 / sigma^2 without the 1/2
+  (`langevin_z` in train.py), hence the likelihood weight 1.
+  """
+  return 0.5 * step_size * step_size, noise
+
+
+@register_rule('paper')
+def paper_rule(step_size: float, noise: float) -> tuple[float, float]:
+  """Langevin dynamics for exp(-U) (supplementary Eq. 5-6); `noise` unused."""
+  del noise
+  return step_size, math.sqrt(2.0 * step_size)
+
+
+def get_rule(name: str) -> LangevinRule:
+  if name not in RULES:
+    raise ValueError(f'langevin rule={name!r} is unknown; allowed: '
+                     f'{", ".join(RULES)}')
+  return RULES[name]
+
+
+def step_coefficients(settings: ChainSettings) -> tuple[float, float]:
   """Returns (gradient coefficient, noise standard deviation) of one step."""
-  s = settings.step_size
-  if settings.rule == 'reference':
-    return 0.5 * s * s, settings.noise
-  if settings.rule == 'paper':
-    return s, math.sqrt(2.0 * s)
-  raise ValueError(f'langevin rule={settings.rule!r} is unknown; allowed: '
-                   f'{", ".join(RULES)}')
+  return get_rule(settings.rule).coefficients(settings.step_size,
+                                              settings.noise)
+
+
+def temperature(settings: ChainSettings) -> float:
+  """T such that the chain is Langevin dynamics for exp(-U / T).
+
+  A step x -= c dU/dx + sigma eps is the Euler step of Langevin dynamics
+  for exp(-U / T) with c = sigma^2 / (2 T): T = sigma^2 / (2 c), which is
+  n^2 / s^2 for the reference rule and 1 for the paper's.
+  """
+  coef, noise_std = step_coefficients(settings)
+  return noise_std * noise_std / (2.0 * coef)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,17 +141,77 @@ jax.tree_util.register_dataclass(
     ChainInfo, data_fields=['energy_start', 'energy_last', 'grad_norm'],
     meta_fields=[])
 
+# step(i, x, aux, eps) -> (x_new, aux, energy at x, gradient at x).
+Step = Callable[[Array, Array, Any, Array], tuple[Array, Any, Array, Array]]
+# noise(i) -> step i's standard-normal draw, shaped like x.
+Noise = Callable[[Array], Array]
+# then(i, x_new, aux, key) -> x_new: what follows each step (remedies.py
+# adds Metropolis jumps here).
+Then = Callable[[Array, Array, Any, Array], Array]
+
+
+def unchanged(i: Array, x: Array, aux: Any, key: Array) -> Array:
+  """The default `Then`: nothing follows a step."""
+  del i, aux, key
+  return x
+
+
+class ChainLoop(Protocol):
+  """How a chain's steps are run: `fori_chain`, or a backend plug-in's."""
+
+  def __call__(self, step: Step, noise: Noise, x0: Array, aux: Any,
+               steps: int) -> tuple[Array, Any, ChainInfo]:
+    ...
+
+
+class Diagnostics:
+  """Accumulates `ChainInfo` along a chain (shared by every `ChainLoop`)."""
+
+  def __init__(self, steps: int, batch: int):
+    self.scale = 1.0 / (max(steps, 1) * math.sqrt(batch))
+
+  def start(self) -> tuple[Array, Array, Array]:
+    zero = jnp.zeros((), jnp.float32)
+    return zero, zero, zero
+
+  def update(self, i: Array, acc: tuple[Array, Array, Array], energy: Array,
+             grad: Array) -> tuple[Array, Array, Array]:
+    e_start, _, gnorm = acc
+    e_start = jnp.where(i == 0, energy, e_start)
+    gnorm = gnorm + jnp.sqrt(jnp.sum(jnp.square(grad))) * self.scale
+    return e_start, energy, gnorm
+
+  @staticmethod
+  def info(acc: tuple[Array, Array, Array]) -> ChainInfo:
+    return ChainInfo(energy_start=acc[0], energy_last=acc[1],
+                     grad_norm=acc[2])
+
+
+def fori_chain(step: Step, noise: Noise, x0: Array, aux: Any,
+               steps: int) -> tuple[Array, Any, ChainInfo]:
+  """Runs `steps` steps in `lax.fori_loop`, drawing step i's noise in step i."""
+  diag = Diagnostics(steps, x0.shape[0])
+
+  def body(i, carry):
+    x, aux, acc = carry
+    x, aux, energy, grad = step(i, x, aux, noise(i))
+    return x, aux, diag.update(i, acc, energy, grad)
+
+  x, aux, acc = jax.lax.fori_loop(0, steps, body, (x0, aux, diag.start()))
+  return x, aux, Diagnostics.info(acc)
+
 
 def langevin(energy_fn: EnergyFn,
              x0: Array,
              key: Array,
-             settings: LangevinSettings,
+             settings: ChainSettings,
              aux: Any = None,
              mask: Array | None = None,
              noise_scale: float | Array = 1.0,
-             energies_fn: Callable[[Array, Any], Array] | None = None,
              normal: noise_lib.Normal = noise_lib.prng_normal,
-             name: str = noise_lib.X_CHAIN
+             name: str = noise_lib.X_CHAIN,
+             loop: ChainLoop = fori_chain,
+             then: Then = unchanged
              ) -> tuple[Array, Any, ChainInfo]:
   """Runs `settings.steps` Langevin updates from `x0`.
 
@@ -123,117 +226,55 @@ def langevin(energy_fn: EnergyFn,
       observed and held fixed at `x0` (inpainting).
     noise_scale: multiplies the noise (0 gives deterministic gradient
       descent, used by the agreement tests).
-    energies_fn: `(x, aux) -> per-example energies [B]`, needed when
-      `settings.jump_std > 0` (`metropolis_jump`).
     normal: the source of the per-step Gaussian noise (`noise.py`).
     name: the chain's name for `normal`.
+    loop: how the steps run (`fori_chain`, or a backend plug-in's).
+    then: applied to each step's result, `then(i, x_new, aux, key_i)`
+      (remedies.py: Metropolis jumps).
 
   Returns:
     (samples with gradients stopped, final aux, ChainInfo).
   """
-  step = _make_step(energy_fn, x0, key, settings, mask, noise_scale,
-                    energies_fn, normal, name)
-  batch = x0.shape[0]
-
-  def body(i, carry):
-    x, aux, e_start, e_last, gnorm, eps = carry
-    if NOISE_AHEAD:
-      # Step i + 1's noise does not depend on x: drawn here, it runs beside
-      # step i's network passes instead of after them (docs/performance.md,
-      # change 20). The last step draws one unused block.
-      eps_next = step.noise(i + 1, x)
-    else:
-      eps, eps_next = step.noise(i, x), eps
-    x_new, aux, energy, grad = step(i, x, aux, eps)
-    e_start = jnp.where(i == 0, energy, e_start)
-    gnorm = gnorm + jnp.sqrt(jnp.sum(jnp.square(grad))) / (
-        settings.steps * math.sqrt(batch))
-    return x_new, aux, e_start, energy, gnorm, eps_next
-
-  zero = jnp.zeros((), jnp.float32)
-  eps0 = step.noise(0, x0) if NOISE_AHEAD else jnp.zeros_like(x0)
-  x, aux, e_start, e_last, gnorm, _ = jax.lax.fori_loop(
-      0, settings.steps, body, (x0, aux, zero, zero, zero, eps0))
-  return (jax.lax.stop_gradient(x), aux,
-          ChainInfo(energy_start=e_start, energy_last=e_last, grad_norm=gnorm))
+  step = make_step(energy_fn, x0, key, settings, mask, noise_scale, then)
+  x, aux, info = loop(step, chain_noise(normal, name, key, x0), x0, aux,
+                      settings.steps)
+  return jax.lax.stop_gradient(x), aux, info
 
 
-def metropolis_jump(energies_fn: Callable[[Array, Any], Array], x: Array,
-                    aux: Any, key: Array, std: float,
-                    temperature: float) -> Array:
-  """One Metropolis step with a Gaussian random-walk proposal of `std`.
-
-  Each example proposes x' = x + std * eps and moves there with probability
-  min(1, exp((E(x) - E(x')) / T)), which leaves exp(-E / T) exactly
-  invariant. With a proposal as wide as the gaps between modes, a chain can
-  change mode, which Langevin steps at a low temperature never do.
-
-  Args:
-    energies_fn: `(x, aux) -> per-example energies [B]`.
-    x: current points [B, ...].
-    aux: state the energy reads (not updated).
-    key: PRNG key.
-    std: proposal standard deviation.
-    temperature: T of the target exp(-E / T).
-
-  Returns:
-    The new points.
-  """
-  k_prop, k_accept = jax.random.split(key)
-  proposal = x + std * jax.random.normal(k_prop, x.shape, x.dtype)
-  log_ratio = (energies_fn(x, aux) - energies_fn(proposal, aux)) / temperature
-  log_u = jnp.log(jax.random.uniform(k_accept, log_ratio.shape))
-  accept = (log_u < log_ratio).reshape((-1,) + (1,) * (x.ndim - 1))
-  return jnp.where(accept, proposal, x)
+def chain_noise(normal: noise_lib.Normal, name: str, key: Array,
+                x0: Array) -> Noise:
+  """Step i's noise: `normal(name, fold_in(key, i), x0.shape, i)`."""
+  return lambda i: normal(name, jax.random.fold_in(key, i), x0.shape, i)
 
 
-def _make_step(energy_fn: EnergyFn, x0: Array, key: Array,
-               settings: LangevinSettings, mask: Array | None,
-               noise_scale: float | Array,
-               energies_fn: Callable[[Array, Any], Array] | None = None,
-               normal: noise_lib.Normal = noise_lib.prng_normal,
-               name: str = noise_lib.X_CHAIN
-               ) -> Callable[[Array, Array, Any], tuple[Array, Any, Array,
-                                                         Array]]:
-  """One update `step(i, x, aux, eps=None) -> (x_new, aux, energy, grad)`.
+def make_step(energy_fn: EnergyFn, x0: Array, key: Array,
+              settings: ChainSettings, mask: Array | None = None,
+              noise_scale: float | Array = 1.0,
+              then: Then = unchanged) -> Step:
+  """One update `step(i, x, aux, eps) -> (x_new, aux, energy, grad)`.
 
-  Energy and gradient are those at x. Shared by `langevin` and `trajectory`
-  so that both follow the same chain; `step.noise(i, x)` is step i's noise,
-  which `eps` may pass in (drawn ahead). With `settings.jump_std > 0` a
-  `metropolis_jump` follows each step.
+  Energy and gradient are those at x; `eps` is step i's standard-normal
+  noise. Shared by `langevin` and `trajectory` so that both follow the
+  same chain.
   """
   coef, noise_std = step_coefficients(settings)
   grad_fn = jax.value_and_grad(energy_fn, has_aux=True)
-  jumps = settings.jump_std > 0
-  if jumps and (energies_fn is None or mask is not None):
-    raise ValueError('Metropolis jumps (jump_std > 0) need per-example '
-                     'energies and cannot hold observed values fixed')
 
-  def noise(i, x):
-    return normal(name, jax.random.fold_in(key, i), x.shape, i)
-
-  def step(i, x, aux, eps=None):
+  def step(i, x, aux, eps):
     (energy, aux), grad = grad_fn(x, aux)
-    if eps is None:
-      eps = noise(i, x)
     x_new = x - coef * grad + (noise_std * noise_scale) * eps
     if mask is not None:
       x_new = jnp.where(mask, x0, x_new)
-    if jumps:
-      x_new = metropolis_jump(
-          energies_fn, x_new, aux,
-          jax.random.fold_in(jax.random.fold_in(key, i), 1),
-          settings.jump_std, settings.temperature)
+    x_new = then(i, x_new, aux, jax.random.fold_in(key, i))
     return x_new, aux, energy, grad
 
-  step.noise = noise
   return step
 
 
 def trajectory(energy_fn: EnergyFn,
                x0: Array,
                key: Array,
-               settings: LangevinSettings,
+               settings: ChainSettings,
                every: int = 1,
                aux: Any = None,
                mask: Array | None = None,
@@ -265,12 +306,13 @@ def trajectory(energy_fn: EnergyFn,
   if every < 1 or settings.steps % every:
     raise ValueError(f'every={every} must be a positive divisor of the '
                      f'chain length {settings.steps}')
-  step = _make_step(energy_fn, x0, key, settings, mask, noise_scale)
+  step = make_step(energy_fn, x0, key, settings, mask, noise_scale)
+  noise = chain_noise(noise_lib.prng_normal, noise_lib.X_CHAIN, key, x0)
 
   def segment(carry, start):
     def body(j, inner):
       x, aux, energies = inner
-      x_new, aux, energy, _ = step(start + j, x, aux)
+      x_new, aux, energy, _ = step(start + j, x, aux, noise(start + j))
       return x_new, aux, energies.at[j].set(energy)
 
     x, aux = carry
@@ -313,26 +355,21 @@ def z_energy_weights(rule: str, sigma: float,
                      prior_sigma: float) -> tuple[float, float]:
   """Weights (w_rec, w_prior) of ||G(z) - x||^2 and ||z||^2 in the z-energy.
 
-  Reference rule: the authors' update is
+  `w_rec = likelihood_weight / sigma^2` and `w_prior = 1 / (2 prior_sigma^2)`.
+  The reference rule's likelihood weight is 1: the authors' update is
   `z - s^2/2 * (grad ||G(z) - x||^2 / sigma^2 + z / prior_sigma^2) + n eps`,
-  i.e. the gradient of `||G(z)-x||^2 / sigma^2 + ||z||^2 / (2 prior_sigma^2)`
-  (no 1/2 on the reconstruction term, 1/2 on the prior). Paper rule: the true
-  negative log posterior, 1/2 on both terms.
+  the gradient of `||G(z)-x||^2 / sigma^2 + ||z||^2 / (2 prior_sigma^2)`.
+  Other rules use the true negative log posterior (weight 1/2).
 
   Args:
-    rule: 'reference' or 'paper'.
+    rule: a registered rule name.
     sigma: generator observation noise.
     prior_sigma: prior standard deviation.
 
   Returns:
     (w_rec, w_prior).
   """
-  if rule == 'reference':
-    return 1.0 / sigma**2, 0.5 / prior_sigma**2
-  if rule == 'paper':
-    return 0.5 / sigma**2, 0.5 / prior_sigma**2
-  raise ValueError(f'config.langevin_z.rule={rule!r} is unknown; allowed: '
-                   f'{", ".join(RULES)}')
+  return (get_rule(rule).likelihood_weight / sigma**2, 0.5 / prior_sigma**2)
 
 
 def z_energy_fn(gen_apply: Callable[..., Any], params: Any, x: Array,
@@ -349,7 +386,7 @@ def z_energy_fn(gen_apply: Callable[..., Any], params: Any, x: Array,
     x: the data the latents explain, [B, ...].
     sigma: observation noise of the generator.
     prior_sigma: standard deviation of the latent prior.
-    rule: 'reference' or 'paper'.
+    rule: a registered rule name.
     x_mask: optional boolean mask of observed pixels (True = observed); the
       others do not enter the likelihood (inpainting).
 

@@ -1,13 +1,20 @@
 """The three learning objectives of dual-MCMC teaching, as pure functions.
 
-Each `*_loss` takes the network parameters it differentiates first and the
-(constant) chain outputs after, and returns `(loss, aux)`, so that
-`jax.value_and_grad(..., has_aux=True)` gives the update directly. Formulas
-follow the authors' training loop (jcui1224/dual-MCMC, `train.py`):
+Formulas follow the authors' training loop (jcui1224/dual-MCMC, `train.py`,
+the body of `fit`):
 
-* generator:  Gfactor * ||G(z1) - x||^2 / B + Sfactor * ||G(z) - x1||^2 / B
-* inference:  Gfactor * mean NLL(z1 | I(x)) + Ifactor * mean NLL(z | I(x1))
-* EBM:        (mean E(x) - mean E(x1)) / (n_x / s_x)^2
+* generator:  Gfactor * ||G(z1) - x||^2 / B + Sfactor * ||x0 - x1||^2 / B,
+  x0 = G(z) the proposal the x-chain started from;
+* inference:  Gfactor * mean NLL(z1 | I(x)) + Ifactor * mean NLL(z | I(x1));
+* EBM:        (mean E(x) - mean E(x_neg)) / (n_x / s_x)^2.
+
+The generator's two terms are separate functions (`reconstruction_loss`,
+`x_teaching_loss`) because they are differentiated differently: the first
+through a fresh pass G(z1), the second through the proposal pass that
+produced x0 (the reference keeps that pass's graph; `train_step.py` keeps
+its VJP). Each `*_loss` that takes parameters takes them first and returns
+`(loss, aux)`, so that `jax.value_and_grad(..., has_aux=True)` gives the
+update directly.
 """
 
 from __future__ import annotations
@@ -41,52 +48,42 @@ def sum_sq_per_batch(a: Array, b: Array) -> Array:
   return jnp.sum(jnp.square(a - b)) / a.shape[0]
 
 
-def generator_loss(params: Any, bn_state: dict[str, Any],
-                   gen_apply: Callable[..., Any], x: Array, z: Array,
-                   z1: Array | None, x1: Array | None, g_factor: float,
-                   s_factor: float
-                   ) -> tuple[Array, tuple[dict[str, Any], dict[str, Array]]]:
-  """Generator objective: explain data from z1, and move G(z) to x1.
+def reconstruction_loss(params: Any, bn_state: dict[str, Any],
+                        gen_apply: Callable[..., Any], x: Array, z1: Array,
+                        g_factor: float
+                        ) -> tuple[Array, tuple[dict[str, Any],
+                                                dict[str, Array]]]:
+  """The generator's data term: Gfactor * ||G(z1) - x||^2 / B.
 
   Args:
     params: generator parameters (differentiated).
     bn_state: {'batch_stats': ...} or {} (threaded, not differentiated).
     gen_apply: generator `module.apply`.
     x: data batch, [B, ...].
-    z: prior latents that produced the x-chain's start x0 = G(z), [B, nz].
-    z1: z-revised posterior latents for x, [B, nz]; None drops the
-      reconstruction term (no data teaching, the cooperative-learning
-      ablation).
-    x1: x-revised samples, [B, ...]; None drops the x-teaching term.
-    g_factor, s_factor: weights of the two terms.
+    z1: z-revised posterior latents for x, [B, nz].
+    g_factor: the term's weight.
 
   Returns:
-    (loss, (new bn_state, metrics)); a dropped term has no metric.
+    (loss, (new bn_state, metrics)).
   """
-  if z1 is None and x1 is None:
-    raise ValueError('generator_loss needs z1 or x1: with neither term the '
-                     'generator learns nothing')
-  # Two separate forward passes, as in the reference: with BatchNorm in
-  # batch-statistics mode each is normalised by its own batch. A dropped
-  # term skips its pass, so it does not move the running statistics either.
-  loss = jnp.zeros((), jnp.float32)
-  metrics = {}
-  vs = bn_state
-  if z1 is not None:
-    g_z1, vs = gen_apply({'params': params, **vs}, z1,
-                         mutable=['batch_stats'])
-    vs = dict(vs)
-    rec = sum_sq_per_batch(g_z1, x)
-    loss = loss + g_factor * rec
-    metrics['g_rec_after_z_chain'] = rec
-  if x1 is not None:
-    x0, vs = gen_apply({'params': params, **vs}, z, mutable=['batch_stats'])
-    vs = dict(vs)
-    teach = sum_sq_per_batch(x0, x1)
-    loss = loss + s_factor * teach
-    metrics['g_dist_to_x_revised'] = teach
-  metrics['loss_g'] = loss
-  return loss, (vs, metrics)
+  g_z1, vs = gen_apply({'params': params, **bn_state}, z1,
+                       mutable=['batch_stats'])
+  rec = sum_sq_per_batch(g_z1, x)
+  return g_factor * rec, (dict(vs), {'g_rec_after_z_chain': rec})
+
+
+def x_teaching_loss(x0: Array, x1: Array, s_factor: float
+                    ) -> tuple[Array, dict[str, Array]]:
+  """The generator's teaching term Sfactor * ||x0 - x1||^2 / B.
+
+  Differentiated with respect to the proposal `x0 = G(z)`; the train step
+  carries that gradient back to the generator through the proposal pass.
+
+  Returns:
+    (loss, metrics).
+  """
+  teach = sum_sq_per_batch(x0, x1)
+  return s_factor * teach, {'g_dist_to_x_revised': teach}
 
 
 def inference_loss(params: Any, inf_apply: Callable[..., Any], x: Array,
@@ -118,36 +115,41 @@ def ebm_temperature(step_size: float, noise: float, enabled: bool) -> float:
   return (noise / step_size)**2 if enabled else 1.0
 
 
-def ebm_loss(params: Any, sn_state: dict[str, Any],
+# An extra term of the EBM loss: (energies of x [B], of x_neg [B]) -> scalar.
+EnergyTerm = Callable[[Array, Array], Array]
+
+
+def ebm_loss(params: Any, sn_pos: dict[str, Any], sn_neg: dict[str, Any],
              ebm_apply: Callable[..., Any], x: Array, x_neg: Array,
-             temperature: float, energy_l2: float = 0.0
+             temperature: float, extra_terms: tuple[EnergyTerm, ...] = ()
              ) -> tuple[Array, tuple[dict[str, Any], dict[str, Array]]]:
   """Maximum-likelihood EBM objective with MCMC-revised negatives.
 
+  The two energies are separate passes, each running one spectral-norm
+  power iteration from its own state, as in the authors' loop, where E(x)
+  is evaluated before the second x-chain and E(x_neg) after it.
+
   Args:
     params: EBM parameters (differentiated).
-    sn_state: {'batch_stats': spectral-norm vectors} or {}.
+    sn_pos: {'batch_stats': spectral-norm vectors} E(x) starts from (or {}).
+    sn_neg: the vectors E(x_neg) starts from.
     ebm_apply: EBM `module.apply`.
     x: data batch (positives).
     x_neg: x-revised samples (negatives, constant).
-    temperature: the loss is divided by this.
-    energy_l2: weight of the energy-magnitude penalty
-      mean(E(x)^2) + mean(E(x_neg)^2) added to the loss (Du & Mordatch,
-      2019); 0 (the reference) adds nothing.
+    temperature: the maximum-likelihood term is divided by this.
+    extra_terms: added to the loss (remedies.py: the energy penalty).
 
   Returns:
-    (loss, (new sn_state, metrics)).
+    (loss, (the vectors after E(x_neg), metrics)).
   """
-  # Two forward passes, as in the reference (each runs one power iteration).
-  e_pos, vs = ebm_apply({'params': params, **sn_state}, x, update_stats=True,
-                        mutable=['batch_stats'])
-  e_neg, vs = ebm_apply({'params': params, **dict(vs)}, x_neg,
+  e_pos, _ = ebm_apply({'params': params, **sn_pos}, x, update_stats=True,
+                       mutable=['batch_stats'])
+  e_neg, vs = ebm_apply({'params': params, **sn_neg}, x_neg,
                         update_stats=True, mutable=['batch_stats'])
   diff = jnp.mean(e_pos) - jnp.mean(e_neg)
   loss = diff / temperature
-  if energy_l2:
-    loss = loss + energy_l2 * (jnp.mean(jnp.square(e_pos)) +
-                               jnp.mean(jnp.square(e_neg)))
+  for term in extra_terms:
+    loss = loss + term(e_pos, e_neg)
   return loss, (dict(vs), {'loss_e': loss, 'energy_data': jnp.mean(e_pos),
                            'energy_x_revised': jnp.mean(e_neg),
                            'energy_diff': diff})

@@ -30,9 +30,9 @@ import os
 from typing import Any
 
 from absl import logging
-import ml_collections
 
 from dual_mcmc_jax import checkpointing
+from dual_mcmc_jax import settings as settings_lib
 from dual_mcmc_jax import train_state as ts
 
 RECORD_FILE = 'recovery.json'
@@ -80,60 +80,60 @@ def save_rollbacks(workdir: str, rollbacks: list[Rollback]) -> None:
       {'rollbacks': [dataclasses.asdict(r) for r in rollbacks]})
 
 
-def scales(config: ml_collections.ConfigDict,
+def scales(settings: settings_lib.Settings,
            num_rollbacks: int) -> dict[str, float]:
   """The learning-rate and x-step-size multipliers after `num_rollbacks`."""
-  r = config.recovery
-  return {'lr_scale': float(r.lr_factor) ** num_rollbacks,
-          'langevin_x_step_scale':
-              float(r.langevin_x_step_factor) ** num_rollbacks}
+  r = settings.recovery
+  return {'lr_scale': r.lr_factor ** num_rollbacks,
+          'langevin_x_step_scale': r.langevin_x_step_factor ** num_rollbacks}
 
 
-def remedied_config(config: ml_collections.ConfigDict,
-                    num_rollbacks: int) -> ml_collections.ConfigDict:
-  """A copy of `config` with the remedies of `num_rollbacks` applied.
+def remedied_settings(settings: settings_lib.Settings,
+                      num_rollbacks: int) -> settings_lib.Settings:
+  """`settings` with the remedies of `num_rollbacks` applied.
 
   Args:
-    config: the run's config (unchanged).
+    settings: the run's settings (unchanged).
     num_rollbacks: rollbacks so far.
 
   Returns:
-    The config the optimisers and the train step are built from.
+    The settings the optimisers and the train step are built from.
   """
-  s = scales(config, num_rollbacks)
-  out = ml_collections.ConfigDict(config.to_dict())
-  for name in ('lr_e', 'lr_g', 'lr_i'):
-    out.optim[name] = float(config.optim[name]) * s['lr_scale']
-  out.langevin_x.step_size = (float(config.langevin_x.step_size) *
-                              s['langevin_x_step_scale'])
-  return out
+  s = scales(settings, num_rollbacks)
+  o, lx = settings.optim, settings.langevin_x
+  return settings.replace(
+      optim=dataclasses.replace(o, lr_e=o.lr_e * s['lr_scale'],
+                                lr_g=o.lr_g * s['lr_scale'],
+                                lr_i=o.lr_i * s['lr_scale']),
+      langevin_x=dataclasses.replace(
+          lx, step_size=lx.step_size * s['langevin_x_step_scale']))
 
 
-def with_stream(config: ml_collections.ConfigDict, state: ts.TrainState,
+def with_stream(settings: settings_lib.Settings, state: ts.TrainState,
                 num_rollbacks: int) -> ts.TrainState:
   """`state` on the random stream in force after `num_rollbacks`."""
-  if not config.recovery.fresh_rng:
+  if not settings.recovery.fresh_rng:
     return state
   return state.replace(
-      rng=ts.rng_stream(int(config.training.seed), num_rollbacks))
+      rng=ts.rng_stream(settings.training.seed, num_rollbacks))
 
 
-def give_up(config: ml_collections.ConfigDict,
+def give_up(settings: settings_lib.Settings,
             rollbacks: list[Rollback]) -> bool:
-  return len(rollbacks) >= int(config.recovery.max_retries)
+  return len(rollbacks) >= settings.recovery.max_retries
 
 
-def log_rollback(writer: Any, config: ml_collections.ConfigDict,
+def log_rollback(writer: Any, settings: settings_lib.Settings,
                  rollback: Rollback, num_rollbacks: int) -> None:
   """Says what the rollback did in the log and in TensorBoard."""
-  s = scales(config, num_rollbacks)
+  s = scales(settings, num_rollbacks)
   logging.warning(
       'Training diverged at step %d (loss_e=%.4g, energy_diff=%.4g): rollback '
       '%d of %d to step %d with %s, learning rates x%g, langevin_x.step_size '
       'x%g.', rollback.diverged_at_step, rollback.loss_e,
-      rollback.energy_diff, num_rollbacks, int(config.recovery.max_retries),
+      rollback.energy_diff, num_rollbacks, settings.recovery.max_retries,
       rollback.rolled_back_to_step,
-      (f'random stream {num_rollbacks}' if config.recovery.fresh_rng
+      (f'random stream {num_rollbacks}' if settings.recovery.fresh_rng
        else 'the same random stream'), s['lr_scale'],
       s['langevin_x_step_scale'])
   writer.write_scalars(rollback.diverged_at_step, {

@@ -26,12 +26,14 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from flax import traverse_util
+
 from dual_mcmc_jax import checkpointing
-from dual_mcmc_jax import config_checks
-from dual_mcmc_jax import experiment
 from dual_mcmc_jax import data
+from dual_mcmc_jax import experiment
 from dual_mcmc_jax import networks
 from dual_mcmc_jax import recovery
+from dual_mcmc_jax import settings as settings_lib
 from dual_mcmc_jax import sharding
 from dual_mcmc_jax import train_state as ts
 from dual_mcmc_jax import visualize
@@ -81,8 +83,8 @@ def _divergence_message(step: int, metrics: dict[str, Any], limit: float,
 
 @dataclasses.dataclass
 class _Loop:
-  """What stays fixed across rollbacks: the run's config, data, outputs."""
-  config: ml_collections.ConfigDict
+  """What stays fixed across rollbacks: the run's settings, data, outputs."""
+  settings: settings_lib.Settings
   workdir: str
   info: data.DatasetInfo
   store: data.Store  # The decoded training split, loaded once per run.
@@ -95,8 +97,8 @@ class _Loop:
   mesh: Any
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> ts.TrainState:
+def train_and_evaluate(config: ml_collections.ConfigDict |
+                       settings_lib.Settings, workdir: str) -> ts.TrainState:
   """Trains the three models; resumes from `workdir` if it has checkpoints.
 
   A divergence rolls back to the last checkpoint with the remedies of
@@ -104,7 +106,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   rollbacks are used up.
 
   Args:
-    config: experiment configuration.
+    config: experiment configuration (a ConfigDict or its `Settings`).
     workdir: where checkpoints, TensorBoard events and sample PNGs go.
 
   Returns:
@@ -118,14 +120,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """
   from clu import metric_writers  # pylint: disable=g-import-not-at-top,redefined-outer-name
 
-  loop = _open_loop(config, workdir)
+  loop = _open_loop(settings_lib.from_config(config), workdir)
   rollbacks = recovery.load_rollbacks(loop.workdir)
   try:
     state = _restore(loop)
     with metric_writers.ensure_flushes(loop.writer):
       if int(jax.device_get(state.step)) == 0 and not rollbacks:
         loop.writer.write_hparams({
-            k: v for k, v in checkpointing.flatten_dict(config.to_dict()).items()
+            k: v for k, v in traverse_util.flatten_dict(
+                loop.settings.to_dict(), sep='.').items()
             if isinstance(v, (int, float, str, bool))})
       while True:
         try:
@@ -139,29 +142,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   return state
 
 
-def _open_loop(config: ml_collections.ConfigDict, workdir: str) -> _Loop:
+def _open_loop(settings: settings_lib.Settings, workdir: str) -> _Loop:
   """Checks everything that can fail on bad input, then opens the workdir."""
   # clu pulls in TensorFlow; keep it out of the import of this module.
   from clu import metric_writers  # pylint: disable=g-import-not-at-top,redefined-outer-name
   from clu import periodic_actions  # pylint: disable=g-import-not-at-top
 
-  config_checks.validate(config)
   store = data.Store()
-  info = data.get_dataset_info(config, store=store)
-  data.check_batch_fits(config, info.num_train_examples)
+  info = data.get_dataset_info(settings, store=store)
+  data.check_batch_fits(settings, info.num_train_examples)
   # Everything that can fail on bad input has run before the workdir is
   # touched.
   workdir = checkpointing.prepare_workdir(workdir)
   steps_per_epoch = max(
-      info.num_train_examples // int(config.training.batch_size), 1)
-  total_steps = config_checks.num_train_steps(config, steps_per_epoch)
+      info.num_train_examples // settings.training.batch_size, 1)
+  total_steps = settings_lib.num_train_steps(settings, steps_per_epoch)
   manager = checkpointing.create_checkpoint_manager(
-      workdir, config.training.max_checkpoints_to_keep)
-  checkpointing.check_and_store_config(config, workdir,
+      workdir, settings.training.max_checkpoints_to_keep)
+  checkpointing.check_and_store_config(settings, workdir,
                                        manager.latest_step() is not None)
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
-  return _Loop(config=config, workdir=workdir, info=info, store=store,
+  return _Loop(settings=settings, workdir=workdir, info=info, store=store,
                steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                manager=manager, writer=writer,
                report=periodic_actions.ReportProgress(
@@ -172,10 +174,11 @@ def _open_loop(config: ml_collections.ConfigDict, workdir: str) -> _Loop:
 def _restore(loop: _Loop) -> ts.TrainState:
   """The newest restorable checkpoint, or the initial state."""
   # Remedies change learning rates, not the optimiser state's structure.
-  optimizers = ts.create_optimizers(loop.config.optim, loop.steps_per_epoch)
+  s = loop.settings
+  optimizers = ts.create_optimizers(s.optim, loop.steps_per_epoch)
   return checkpointing.restore_or_create_state(
-      loop.manager, ts.create_models(loop.config), optimizers,
-      int(loop.config.training.seed), ts.replay_spec(loop.config))
+      loop.manager, ts.create_models(s), optimizers, s.training.seed,
+      ts.replay_spec(s.training))
 
 
 def _roll_back(loop: _Loop, rollbacks: list[recovery.Rollback],
@@ -197,13 +200,13 @@ def _roll_back(loop: _Loop, rollbacks: list[recovery.Rollback],
   manager = loop.manager
   # Pending saves are of healthy steps; let them finish before choosing.
   checkpointing.wait_until_finished(manager, None)
-  if recovery.give_up(loop.config, rollbacks):
+  s = loop.settings
+  if recovery.give_up(s, rollbacks):
     raise TrainingDivergedError(
-        _divergence_message(d.step, d.metrics,
-                            float(loop.config.loss.energy_diff_limit),
+        _divergence_message(d.step, d.metrics, s.loss.energy_diff_limit,
                             manager) +
         f' Gave up after {len(rollbacks)} rollback(s) '
-        f'(config.recovery.max_retries={loop.config.recovery.max_retries}).')
+        f'(config.recovery.max_retries={s.recovery.max_retries}).')
   state = _restore(loop)
   rollback = recovery.Rollback(
       diverged_at_step=d.step,
@@ -212,7 +215,7 @@ def _roll_back(loop: _Loop, rollbacks: list[recovery.Rollback],
   rollbacks = rollbacks + [rollback]
   if jax.process_index() == 0:
     recovery.save_rollbacks(loop.workdir, rollbacks)
-  recovery.log_rollback(loop.writer, loop.config, rollback, len(rollbacks))
+  recovery.log_rollback(loop.writer, s, rollback, len(rollbacks))
   return state, rollbacks
 
 
@@ -231,10 +234,10 @@ def _train_segment(loop: _Loop, rollbacks: list[recovery.Rollback],
   Raises:
     recovery.Diverged: at the first unhealthy step.
   """
-  config = recovery.remedied_config(loop.config, len(rollbacks))
-  exp = experiment.build(config, steps_per_epoch=loop.steps_per_epoch,
+  settings = recovery.remedied_settings(loop.settings, len(rollbacks))
+  exp = experiment.build(settings, steps_per_epoch=loop.steps_per_epoch,
                          mesh=loop.mesh)
-  state = recovery.with_stream(config, state, len(rollbacks))
+  state = recovery.with_stream(settings, state, len(rollbacks))
   start_step = int(jax.device_get(state.step))
   params = {k: networks.count_params(getattr(state, k).params)
             for k in ('ebm', 'gen', 'inf')}
@@ -246,9 +249,9 @@ def _train_segment(loop: _Loop, rollbacks: list[recovery.Rollback],
   state = sharding.replicate(state, loop.mesh)
   # Host-to-device copies of the next batches overlap the running step.
   train_iter = data.prefetch_to_device(
-      data.create_train_iterator(config, start_step=start_step,
+      data.create_train_iterator(settings, start_step=start_step,
                                  store=loop.store),
-      size=int(config.data.get('prefetch_to_device', 2)),
+      size=settings.data.prefetch_to_device,
       sharding_fn=lambda b: (b, sharding.shard_batch(b, loop.mesh)))
   segment = _Segment(loop, exp)
   with contextlib.closing(train_iter):
@@ -274,11 +277,9 @@ class _Segment:
   def __init__(self, loop: _Loop, exp: experiment.Experiment):
     self.loop = loop
     self.exp = exp
-    t = exp.config.training
-    self.every = {name: int(t[f'{name}_every_steps'])
-                  for name in ('log', 'image', 'checkpoint')}
-    # A config written before the field existed: check every step.
-    self.every['health'] = int(t.get('health_every_steps', 1))
+    t = exp.settings.training
+    self.every = {name: getattr(t, f'{name}_every_steps')
+                  for name in ('log', 'image', 'checkpoint', 'health')}
     self.grid_batch = None
     self.sample_key = jax.random.key(int(t.seed) + 1)
     self.pending: list[dict[str, jax.Array]] = []  # Since the last log.
@@ -289,7 +290,7 @@ class _Segment:
   def set_grid_batch(self, local_batch: np.ndarray) -> None:
     """Fixes the images of the sample grids: process 0's first batch."""
     if self.grid_batch is None:
-      n = int(self.exp.config.training.num_image_samples)
+      n = self.exp.settings.training.num_image_samples
       self.grid_batch = sharding.replicate(
           multihost_utils.broadcast_one_to_all(np.asarray(local_batch[:n])),
           self.loop.mesh)

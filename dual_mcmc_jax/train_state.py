@@ -1,18 +1,18 @@
-"""What a run is made of, and how a config creates it.
+"""What a run is made of, and how its settings create it.
 
-`create_models(config)` maps `config.model` / `config.data` onto the three
-networks (the only place that reads the config for them, as flax's imagenet
-example keeps `create_model` outside its models), `create_optimizers` builds
-their optax optimisers from `config.optim`, and `create_train_state` the
-initial state.
+`create_models(settings)` maps the model and data settings onto the three
+networks (the only place that does, as flax's imagenet example keeps
+`create_model` outside its models), `create_optimizers` builds their optax
+optimisers from `settings.optim`, and `create_train_state` the initial
+state.
 
 `TrainState` is a plain pytree (checkpointed whole by orbax): per network its
 parameters, its mutable collections (`batch_stats`: BatchNorm statistics in
 the generator, spectral-norm vectors in the EBM) and its optimiser state, plus
 the step and the run's base PRNG key (raw key data, so that it serialises),
-and, only when `config.training.replay_buffer_size > 0`, the replay buffer
-of the EBM's negatives (`ReplayTrainState`, `ReplaySpec`). Per-step randomness is derived from
-(key, step), never stored.
+and, only when `training.replay_buffer_size > 0`, the replay buffer of the
+EBM's negatives (`ReplayTrainState`, `ReplaySpec`). Per-step randomness is
+derived from (key, step), never stored.
 
 Optimisers follow the reference: Adam with betas (0, 0.9), PyTorch-style
 *coupled* weight decay (`wd * param` added to the gradient before the Adam
@@ -30,66 +30,43 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dual_mcmc_jax import conv as conv_lib
 from dual_mcmc_jax import networks
+from dual_mcmc_jax import settings as settings_lib
 
 Array = jax.Array
 Dtype = Any
 
-ARCHS = ('resnet', 'simple', 'mlp')
-RESNET_STYLES = ('cifar', 'celeba')
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+# The interim mapping of the CPU plug-in's switch onto the nets' conv rule.
+_CONV_RULE = {'auto': 'auto', 'on': 'forward_conv', 'off': 'xla'}
 
 
-def compute_dtype(config) -> Dtype:
-  """`config.training.compute_dtype` as a jnp dtype (float32 if absent)."""
-  name = config.training.get('compute_dtype', 'float32')
-  if name not in COMPUTE_DTYPES:
-    raise ValueError(f'config.training.compute_dtype={name!r} is unknown; '
-                     f'allowed: {", ".join(COMPUTE_DTYPES)}')
-  return COMPUTE_DTYPES[name]
-
-
-def check_image_size(image_size: int, arch: str) -> None:
-  """Raises ValueError if `arch` cannot be built for `image_size`."""
-  if arch == 'mlp':
-    return
-  # The conv nets double (or halve) the resolution per block from 4x4.
-  if image_size < 8 or image_size & (image_size - 1):
-    raise ValueError(
-        f'config.data.image_size={image_size} cannot be built by '
-        f'config.model.arch={arch!r}; use a power of two >= 8 (8, 16, 32, '
-        '64, ...)')
-
-
-def create_models(config, dtype: Dtype | None = None) -> networks.Models:
-  """Maps `config.model` / `config.data` onto the three modules.
+def create_models(settings: settings_lib.Settings | Any,
+                  dtype: Dtype | None = None) -> networks.Models:
+  """Maps the model and data settings onto the three modules.
 
   Args:
-    config: the experiment ConfigDict.
+    settings: the experiment's settings (or the config they are read from,
+      `settings.from_config`).
     dtype: compute dtype of the networks (parameters stay float32); defaults
-      to `config.training.compute_dtype`.
+      to `settings.training.compute_dtype`.
 
   Returns:
     A `Models` holding the EBM, generator and inference modules.
   """
-  dtype = compute_dtype(config) if dtype is None else dtype
-  m, d = config.model, config.data
-  if m.arch not in ARCHS:
-    raise ValueError(
-        f'config.model.arch={m.arch!r} is unknown; allowed: {", ".join(ARCHS)}')
+  settings = settings_lib.from_config(settings)
+  if dtype is None:
+    dtype = COMPUTE_DTYPES[settings.training.compute_dtype]
+  m, d = settings.model, settings.data
   sn = dict(spectral_norm=m.ebm_spectral_norm, sn_steps=m.sn_power_iterations)
   if m.arch == 'mlp':
-    dim = int(d.get('point_dim', 2))
+    dim = d.point_dim
     return networks.Models(
         ebm=networks.MlpEBM(m.mlp_hidden, m.mlp_layers, dtype=dtype, **sn),
         gen=networks.MlpGenerator(dim, m.mlp_hidden, m.mlp_layers, dtype),
         inf=networks.MlpInference(m.nz, m.mlp_hidden, m.mlp_layers, dtype),
         data_shape=(dim,), nz=m.nz)
-  check_image_size(d.image_size, m.arch)
-  # Validated here; 'auto' is resolved when the step is traced.
-  grad = str(m.get('conv_input_grad', 'auto'))
-  conv_lib.resolve_input_grad(grad)
+  grad = _CONV_RULE[settings.training.cpu_plugin]
   size, channels = d.image_size, d.num_channels
   shape = (size, size, channels)
   if m.arch == 'simple':
@@ -100,9 +77,6 @@ def create_models(config, dtype: Dtype | None = None) -> networks.Models:
         inf=networks.SimpleInference(m.nz, m.nif, size, dtype),
         data_shape=shape, nz=m.nz)
   style = m.resnet_style
-  if style not in RESNET_STYLES:
-    raise ValueError(f'config.model.resnet_style={style!r} is unknown; '
-                     f'allowed: {", ".join(RESNET_STYLES)}')
   return networks.Models(
       ebm=networks.ResEBM(m.nef, size, style, conv_input_grad=grad,
                           dtype=dtype, **sn),
@@ -140,21 +114,20 @@ class ReplayTrainState(TrainState):
 
 @dataclasses.dataclass(frozen=True)
 class ReplaySpec:
-  """The replay buffer of `config.training` (`replay_spec`)."""
+  """The replay buffer of `settings.training` (`replay_spec`)."""
   size: int
   fraction: float  # Share of negative chains continued from the buffer.
   low: float  # The buffer starts uniform in [low, high) per coordinate.
   high: float
 
 
-def replay_spec(config) -> ReplaySpec | None:
-  """The config's replay buffer, or None when it has none."""
-  t = config.training
-  size = int(t.get('replay_buffer_size', 0))
-  if size <= 0:
+def replay_spec(training: settings_lib.TrainingSettings) -> ReplaySpec | None:
+  """The replay buffer of `settings.training`, or None when it has none."""
+  if training.replay_buffer_size <= 0:
     return None
-  return ReplaySpec(size=size, fraction=float(t.replay_fraction),
-                    low=float(t.x_noise_low), high=float(t.x_noise_high))
+  return ReplaySpec(size=training.replay_buffer_size,
+                    fraction=training.replay_fraction,
+                    low=training.x_noise_low, high=training.x_noise_high)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,9 +158,9 @@ def create_optimizer(schedule: optax.Schedule, weight_decay: float, beta1: float
   return optax.chain(*parts)
 
 
-def create_optimizers(optim_config, steps_per_epoch: int) -> Optimizers:
-  """Builds the three optimisers from `config.optim`."""
-  o = optim_config
+def create_optimizers(o: settings_lib.OptimSettings,
+                      steps_per_epoch: int) -> Optimizers:
+  """Builds the three optimisers from `settings.optim`."""
   lrs = {name: create_learning_rate_fn(lr, o.lr_decay, steps_per_epoch)
          for name, lr in (('e', o.lr_e), ('g', o.lr_g), ('i', o.lr_i))}
   make = lambda name, wd: create_optimizer(lrs[name], wd, o.beta1, o.beta2,
@@ -213,7 +186,7 @@ def create_train_state(models: networks.Models, optimizers: Optimizers,
     models: the three modules.
     optimizers: their optimisers.
     seed: the run's seed; network init and the base key both derive from it.
-    replay: the replay buffer (`replay_spec(config)`), or None.
+    replay: the replay buffer (`replay_spec(settings.training)`), or None.
 
   Returns:
     A fresh TrainState at step 0.

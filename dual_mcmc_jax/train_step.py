@@ -1,21 +1,34 @@
 """One dual-MCMC teaching iteration as a single compiled function.
 
-`make_train_step` returns `train_step(state, batch) -> (state, metrics)`,
-one iteration of the authors' training loop (jcui1224/dual-MCMC, `train.py`;
-the paper's Algorithm 1 plus the second x-chain) end to end on the
-accelerator:
+`make_train_step` returns `train_step(state, batch) -> (state, metrics)`:
+one iteration of the paper's Algorithm 1, as the authors' training loop runs
+it (jcui1224/dual-MCMC, `train.py`, the body of `fit`), on the accelerator.
+`dual_mcmc_iteration` is that algorithm line by line, one stage each:
 
-1. z ~ N(0, I); x0 = G(z); x1 = Tx(x0)             (x-revision, EBM-guided)
-2. z0 ~ q(z|x); z1 = Tz(z0 | x)                    (z-revision, generator-guided)
-3. Adam step on G with the generator loss
-4. Adam step on I with the inference loss
-5. x0' = G'(z) with the updated G; x1' = Tx(x0')   (second x-chain, optional)
-   Adam step on E with the temperature-scaled EBM loss
+1. proposal:           z ~ N(0, I), x0 = G(z)
+2. x-revision:         x1 = Tx(x0), Langevin on x under the EBM
+3. z-revision:         z0 ~ q(z|x), z1 = Tz(z0), Langevin on z under G's posterior
+4. generator update:   Gfactor ||G(z1) - x||^2 + Sfactor ||x0 - x1||^2
+5. inference update:   Gfactor NLL(z1 | I(x)) + Ifactor NLL(z | I(x1))
+6. second chain:       x_neg = Tx(G'(z)) from the updated generator
+7. EBM update:         (mean E(x) - mean E(x_neg)) / (n_x / s_x)^2
 
-The `config.training` ablation switches (`z_revision`,
-`generator_x_teaching`, `generator_data_teaching`, `x_chain_init`) remove
-parts of this iteration for benchmarks/toy2d.py; their defaults are the
-reference method, compiled to the same computation as before they existed.
+The stages follow the authors' loop in what each pass sees: the generator
+loss differentiates the proposal pass G(z) itself (its VJP is kept), so the
+generator runs the same train-mode passes as theirs; between the generator
+update and the second chain the EBM runs their two passes on the data (a
+logged E(x), then the E(x) of the EBM loss, each one spectral-norm power
+iteration), so E(x) enters the loss normalised as it was before the second
+chain. `tests/golden_iteration_test.py` pins all of it against their loop.
+
+What varies is chosen when the step is built (`build_stages`), as
+score_sde's factories choose a loss and a sampler: the ablations of
+`config.training` (`z_revision`, `generator_x_teaching`,
+`second_x_chain`), the other algorithms (`generator_data_teaching=False`:
+cooperative learning, `cooperative_iteration`; `x_chain_init='noise'`:
+short-run MCMC from noise, `short_run_iteration`), the remedies the
+reference does not have (remedies.py) and a backend plug-in's hooks
+(compute.py; `dual_mcmc_jax/cpu/` on the CPU).
 
 Nothing here imports TensorFlow, so the step (and the benchmark built on it)
 runs on machines with only jax, flax and optax.
@@ -24,370 +37,459 @@ runs on machines with only jax, flax and optax.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from dual_mcmc_jax import cpu
 from dual_mcmc_jax import langevin
 from dual_mcmc_jax import losses
 from dual_mcmc_jax import networks
 from dual_mcmc_jax import noise
+from dual_mcmc_jax import remedies
 from dual_mcmc_jax import sampling
+from dual_mcmc_jax import settings as settings_lib
 from dual_mcmc_jax import train_state as ts
 
 Array = jax.Array
 Metrics = dict[str, Array]
 
 
-def _after(done: Any, *values: Any) -> Any:
-  """Returns `values` unchanged, computed only once `done` is.
+@dataclasses.dataclass(frozen=True)
+class StepKeys:
+  """The iteration's PRNG keys, all derived from fold_in(run key, step)."""
+  prior: Array
+  x_chain: Array
+  reparam: Array
+  z_chain: Array
+  negatives: Array
 
-  XLA's CPU backend runs independent parts of the step concurrently; with
-  few cores a Langevin chain then shares them with updates that do not
-  depend on it, and the chain slows down by more than running in turn
-  costs (docs/performance.md, change 17). That backend drops
-  `lax.optimization_barrier` before it schedules, so the dependency is
-  data: each value gets a zero added, made from the first element of each
-  float leaf of `done` (non-finite elements count as zero). Values do not
-  change. Other backends get `values` as they are.
-  """
-  leaves = [leaf for leaf in jax.tree.leaves(done)
-            if jnp.issubdtype(leaf.dtype, jnp.inexact)]
-  if jax.default_backend() != 'cpu' or not leaves:
-    return values
-  zero = jnp.zeros((), jnp.float32)
-  for leaf in leaves:
-    first = leaf.ravel()[0].astype(jnp.float32)
-    zero = zero + 0.0 * jnp.where(jnp.isfinite(first), first, 0.0)
-  return jax.tree.map(lambda v: v + zero.astype(v.dtype), values)
-
-
-def _apply_update(net: ts.NetState, grads: Any, tx: optax.GradientTransformation,
-                  new_state: dict[str, Any]) -> ts.NetState:
-  updates, opt_state = tx.update(grads, net.opt_state, net.params)
-  return net.replace(params=optax.apply_updates(net.params, updates),
-                     state=new_state, opt_state=opt_state)
-
-
-X_CHAIN_INITS = ('generator', 'noise')
-NEGATIVE_CHAIN_INITS = ('generator', 'data')
-
-
-def teaching_switches(training) -> tuple[bool, bool, bool, str]:
-  """Reads and checks the ablation switches of `config.training`.
-
-  Returns:
-    (z_revision, generator_x_teaching, generator_data_teaching,
-    x_chain_init).
-  """
-  x_init = str(training.x_chain_init)
-  if x_init not in X_CHAIN_INITS:
-    raise ValueError(f'config.training.x_chain_init={x_init!r} is unknown; '
-                     f'allowed: {", ".join(X_CHAIN_INITS)}')
-  # ConfigDict fields are type-checked, so these are bools already.
-  z_revision = bool(training.z_revision)
-  x_teaching = bool(training.generator_x_teaching)
-  data_teaching = bool(training.generator_data_teaching)
-  if x_init == 'generator' and not (x_teaching or data_teaching):
-    raise ValueError('config.training.generator_x_teaching and '
-                     'generator_data_teaching are both False, so the '
-                     'generator would learn nothing; for an EBM alone use '
-                     "config.training.x_chain_init='noise'")
-  return z_revision, x_teaching, data_teaching, x_init
-
-
-def negative_chain_init(training) -> str:
-  """Checks and returns `config.training.negative_chain_init`."""
-  init = str(training.get('negative_chain_init', 'generator'))
-  if init not in NEGATIVE_CHAIN_INITS:
-    raise ValueError(f'config.training.negative_chain_init={init!r} is '
-                     f'unknown; allowed: {", ".join(NEGATIVE_CHAIN_INITS)}')
-  return init
+  @classmethod
+  def of(cls, state: ts.TrainState) -> StepKeys:
+    return cls(*jax.random.split(ts.step_key(state), 5))
 
 
 @dataclasses.dataclass(frozen=True)
-class _Settings:
-  """The config fields the step reads, read once outside the trace."""
-  lx: langevin.LangevinSettings
-  lz: langevin.LangevinSettings
-  sigma: float
-  prior_sigma: float
-  g_factor: float
-  s_factor: float
-  i_factor: float
-  temperature: float
-  energy_l2: float
-  second_chain: bool
-  diff_limit: float
-  w_rec: float
-  w_prior: float
-  z_revision: bool
-  x_teaching: bool
-  data_teaching: bool
-  x_init: str
-  noise_low: float
-  noise_high: float
-  negative_init: str = 'generator'
-  long_chains: int = 0
-  long_chain_steps: int = 0
-  replay: ts.ReplaySpec | None = None
-
-  @classmethod
-  def from_config(cls, config) -> '_Settings':
-    lx = langevin.LangevinSettings.from_config(config.langevin_x)
-    lz = langevin.LangevinSettings.from_config(config.langevin_z)
-    lc, t = config.loss, config.training
-    sigma, prior_sigma = float(lc.sigma), float(lc.prior_sigma)
-    w_rec, w_prior = langevin.z_energy_weights(lz.rule, sigma, prior_sigma)
-    z_revision, x_teaching, data_teaching, x_init = teaching_switches(t)
-    return cls(
-        lx=lx, lz=lz, sigma=sigma, prior_sigma=prior_sigma,
-        g_factor=float(lc.g_factor), s_factor=float(lc.s_factor),
-        i_factor=float(lc.i_factor),
-        temperature=losses.ebm_temperature(lx.step_size, lx.noise,
-                                           bool(lc.ebm_temperature_scaling)),
-        # Fields added after the first release: configs saved before them
-        # (a workdir's config.json) run as they did.
-        energy_l2=float(lc.get('energy_l2', 0.0)),
-        second_chain=bool(t.second_x_chain),
-        diff_limit=float(lc.energy_diff_limit), w_rec=w_rec, w_prior=w_prior,
-        z_revision=z_revision, x_teaching=x_teaching,
-        data_teaching=data_teaching, x_init=x_init,
-        noise_low=float(t.x_noise_low), noise_high=float(t.x_noise_high),
-        negative_init=negative_chain_init(t),
-        long_chains=int(t.get('long_chains', 0)),
-        long_chain_steps=int(t.get('long_chain_steps', 0)),
-        replay=ts.replay_spec(config))
+class Proposal:
+  """Stage 1's output: z, x0 = G(z), the VJP of that pass, G's new state."""
+  z: Array  # [B, nz]
+  x0: Array  # [B, ...]
+  pullback: Callable[[Array], tuple[Any]]  # d x0 -> d params
+  gen_state: dict[str, Any]
 
 
-def make_train_step(config, models: networks.Models,
-                    optimizers: ts.Optimizers,
-                    normal: noise.Normal = noise.prng_normal
-                    ) -> Callable[[ts.TrainState, Array],
-                                  tuple[ts.TrainState, Metrics]]:
-  """Builds the (un-jitted) train step for `config`.
+@dataclasses.dataclass(frozen=True)
+class Negatives:
+  """Stage 6's output: the EBM's negatives and the states its passes use."""
+  x: Array  # [B, ...]
+  sn_pos: dict[str, Any]  # EBM state E(x) of the loss starts from
+  sn_neg: dict[str, Any]  # EBM state E(x_neg) starts from
+  metrics: Metrics
+  state_updates: dict[str, Array]  # Train-state fields a remedy changes.
 
-  The `config.training` ablation switches (configs/default.py) remove parts
-  of the iteration; the defaults are the reference method:
 
-  * `z_revision=False`: no z-chain, z1 = z0 ~ q(z|x).
-  * `generator_x_teaching=False`: no Sfactor term in the generator loss.
-  * `generator_data_teaching=False`: no Gfactor term, no z-chain and no
-    inference update (cooperative learning).
-  * `x_chain_init='noise'`: one x-chain from uniform noise supplies the EBM's
-    negatives; the generator and the inference model are not touched.
+@dataclasses.dataclass(frozen=True)
+class Stages:
+  """The stages of an iteration, chosen when the step is built.
 
-  Args:
-    config: the experiment ConfigDict (read once here, not in the step).
-    models: the three modules.
-    optimizers: their optimisers.
-    normal: the source of the Gaussian draws (`noise.py`; the PRNG).
-
-  Returns:
-    `train_step(state, batch) -> (state, metrics)`; jit it with
-    `donate_argnums=0`.
-
-  Raises:
-    ValueError: an ablation switch has a value outside its allowed ones.
+  Each is `stage(state, *inputs) -> outputs`; `dual_mcmc_iteration` says
+  what each takes and gives.
   """
-  step = _Step(_Settings.from_config(config), models, optimizers, normal)
-  return step.noise_init_step if step.s.x_init == 'noise' else step.dual_step
+  propose: Callable[..., Proposal]
+  revise_x: Callable[..., tuple[Array, dict[str, Any], Metrics]]
+  revise_z: Callable[..., tuple[Array, dict[str, Any], Metrics]]
+  update_generator: Callable[..., tuple[ts.NetState, Metrics]]
+  update_inference: Callable[..., tuple[ts.NetState, Metrics]]
+  negatives: Callable[..., tuple[Negatives, ts.NetState]]
+  update_ebm: Callable[..., tuple[ts.NetState, Metrics]]
+  finish: Callable[..., tuple[ts.TrainState, Metrics]]
 
 
-def make_iteration(config, models: networks.Models,
+def dual_mcmc_iteration(st: Stages, state: ts.TrainState, x: Array
+                        ) -> tuple[ts.TrainState, Metrics, dict[str, Array]]:
+  """Algorithm 1 with the authors' second chain (module docstring)."""
+  keys = StepKeys.of(state)
+  proposal = st.propose(state, x.shape[0], keys.prior)                # 1.
+  x1, ebm_sn, m_x = st.revise_x(state, proposal.x0, keys.x_chain)      # 2.
+  z1, gen_sn, m_z = st.revise_z(state, proposal.gen_state, x, keys)    # 3.
+  gen, m_g = st.update_generator(state, gen_sn, proposal, x, x1, z1=z1) # 4.
+  inf, m_i = st.update_inference(state, x, proposal.z, z1, x1)        # 5.
+  neg, gen = st.negatives(state, gen, ebm_sn, x, keys.negatives,      # 6.
+                          z=proposal.z, x1=x1)
+  ebm, m_e = st.update_ebm(state, x, neg)                              # 7.
+  state, metrics = st.finish(state, {**m_x, **m_z, **m_g, **m_i, **m_e},
+                             ebm=ebm, gen=gen, inf=inf, **neg.state_updates)
+  return state, metrics, dict(z=proposal.z, x0=proposal.x0, x1=x1, z1=z1,
+                              x_neg=neg.x)
+
+
+def cooperative_iteration(st: Stages, state: ts.TrainState, x: Array
+                          ) -> tuple[ts.TrainState, Metrics,
+                                     dict[str, Array]]:
+  """Cooperative learning: no data teaching, no z-chain, no inference model.
+
+  The generator learns only from the x-revised samples
+  (`config.training.generator_data_teaching=False`).
+  """
+  keys = StepKeys.of(state)
+  proposal = st.propose(state, x.shape[0], keys.prior)
+  x1, ebm_sn, m_x = st.revise_x(state, proposal.x0, keys.x_chain)
+  gen, m_g = st.update_generator(state, proposal.gen_state, proposal, x, x1)
+  neg, gen = st.negatives(state, gen, ebm_sn, x, keys.negatives,
+                          z=proposal.z, x1=x1)
+  ebm, m_e = st.update_ebm(state, x, neg)
+  metrics = {**m_x, **m_g, **m_e, 'loss_i': jnp.zeros((), jnp.float32)}
+  state, metrics = st.finish(state, metrics, ebm=ebm, gen=gen,
+                             **neg.state_updates)
+  return state, metrics, dict(z=proposal.z, x0=proposal.x0, x1=x1,
+                              x_neg=neg.x)
+
+
+def short_run_iteration(st: Stages, state: ts.TrainState, x: Array
+                        ) -> tuple[ts.TrainState, Metrics, dict[str, Array]]:
+  """Short-run MCMC from noise: only the EBM learns (x_chain_init='noise').
+
+  G and I are not trained; their zero losses keep the metric names the
+  training loop reports and checks.
+  """
+  keys = StepKeys.of(state)
+  neg, _ = st.negatives(state, state.gen, state.ebm.state, x,
+                        keys.negatives)
+  ebm, m_e = st.update_ebm(state, x, neg)
+  zero = jnp.zeros((), jnp.float32)
+  state, metrics = st.finish(state, {**m_e, 'loss_g': zero, 'loss_i': zero},
+                             ebm=ebm, **neg.state_updates)
+  return state, metrics, dict(x_neg=neg.x)
+
+
+def make_iteration(settings: settings_lib.Settings | Any,
+                   models: networks.Models,
                    optimizers: ts.Optimizers,
                    normal: noise.Normal = noise.prng_normal
                    ) -> Callable[[ts.TrainState, Array],
                                  tuple[ts.TrainState, Metrics,
                                        dict[str, Array]]]:
-  """The dual-MCMC iteration that also returns its revised samples.
+  """The iteration `settings` describes, also returning its samples.
 
-  `iteration(state, batch) -> (state, metrics, samples)` with samples
-  {'z', 'x0', 'x1', 'z1', 'x_neg'}: what the train step computes on the
-  way (tests compare them with another implementation).
+  `iteration(state, batch) -> (state, metrics, samples)` with the samples
+  {'z', 'x0', 'x1', 'z1', 'x_neg'} it computed on the way (those of its
+  algorithm); tests compare them with another implementation.
+
+  Args:
+    settings: the experiment's settings (or the config they are read from).
+    models: the three modules.
+    optimizers: their optimisers.
+    normal: the source of the Gaussian draws (`noise.py`; the PRNG).
+
+  Returns:
+    The iteration; jit it with `donate_argnums=0`.
   """
-  return _Step(_Settings.from_config(config), models, optimizers,
-               normal).dual_iteration
+  settings = settings_lib.from_config(settings)
+  t = settings.training
+  stages = build_stages(settings, models, optimizers, normal)
+  if t.x_chain_init == 'noise':
+    body = short_run_iteration
+  elif not t.generator_data_teaching:
+    body = cooperative_iteration
+  else:
+    body = dual_mcmc_iteration
+  return functools.partial(body, stages)
 
 
-class _Step:
-  """The iteration's pieces; `dual_step` and `noise_init_step` compose them."""
+def make_train_step(settings: settings_lib.Settings | Any,
+                    models: networks.Models, optimizers: ts.Optimizers,
+                    normal: noise.Normal = noise.prng_normal
+                    ) -> Callable[[ts.TrainState, Array],
+                                  tuple[ts.TrainState, Metrics]]:
+  """Builds the (un-jitted) train step `(state, batch) -> (state, metrics)`.
 
-  def __init__(self, settings: _Settings, models: networks.Models,
-               optimizers: ts.Optimizers, normal: noise.Normal):
-    self.s = settings
-    self.models = models
-    self.optimizers = optimizers
-    self.normal = normal
+  Args:
+    settings: the experiment's settings (or the config they are read
+      from); read here, not in the step.
+    models: the three modules.
+    optimizers: their optimisers.
+    normal: the source of the Gaussian draws (`noise.py`; the PRNG).
 
-  def ebm_update(self, state: ts.TrainState, ebm_sn: dict[str, Any],
-                 x: Array, x_neg: Array, info: langevin.ChainInfo
-                 ) -> tuple[ts.NetState, Metrics]:
-    """The EBM's Adam step on negatives `x_neg` from the chain of `info`."""
-    (_, (ebm_sn, m_e)), e_grads = jax.value_and_grad(
-        losses.ebm_loss, has_aux=True)(
-            state.ebm.params, ebm_sn, self.models.ebm.apply, x, x_neg,
-            self.s.temperature, self.s.energy_l2)
-    m_e.update(x_chain_energy_start=info.energy_start / x.shape[0],
-               x_chain_energy_end=m_e['energy_x_revised'],
-               x_chain_grad_norm=info.grad_norm)
-    return _apply_update(state.ebm, e_grads, self.optimizers.ebm,
-                         ebm_sn), m_e
+  Returns:
+    The train step; jit it with `donate_argnums=0`.
+  """
+  iteration = make_iteration(settings, models, optimizers, normal)
+
+  def train_step(state, batch):
+    state, metrics, _ = iteration(state, batch)
+    return state, metrics
+
+  return train_step
+
+
+# --------------------------------------------------------------------------
+# The stages.
+# --------------------------------------------------------------------------
+
+
+def adam_update(net: ts.NetState, grads: Any, tx: optax.GradientTransformation,
+                new_state: dict[str, Any]) -> ts.NetState:
+  """One optimiser step of a net; its mutable collections become `new_state`."""
+  updates, opt_state = tx.update(grads, net.opt_state, net.params)
+  return net.replace(params=optax.apply_updates(net.params, updates),
+                     state=new_state, opt_state=opt_state)
+
+
+def build_stages(settings: settings_lib.Settings, models: networks.Models,
+                 optimizers: ts.Optimizers,
+                 normal: noise.Normal = noise.prng_normal) -> Stages:
+  """The stages `settings` chooses, in the backend's order.
+
+  Args:
+    settings: the experiment's settings.
+    models: the three modules.
+    optimizers: their optimisers.
+    normal: the source of the Gaussian draws.
+
+  Returns:
+    The stages of every iteration body of this module.
+  """
+  compute = cpu.compute_for(settings.training.cpu_plugin)
+  b = _Builder(settings, models, optimizers, normal, compute.chain_loop)
+  t = settings.training
+  stages = Stages(
+      propose=b.propose, revise_x=b.revise_x,
+      revise_z=b.z_chain if t.z_revision else b.z_prior_draw,
+      update_generator=b.generator_update(),
+      update_inference=b.update_inference,
+      negatives=b.negatives(), update_ebm=b.update_ebm, finish=b.finish)
+  return compute.order(stages)
+
+
+class _Builder:
+  """Makes the stages; each method is one stage or chooses one."""
+
+  def __init__(self, settings: settings_lib.Settings, models: networks.Models,
+               optimizers: ts.Optimizers, normal: noise.Normal,
+               loop: langevin.ChainLoop):
+    self.s, self.models, self.opt = settings, models, optimizers
+    self.normal, self.loop = normal, loop
+
+  # 1. Proposal.
+  def propose(self, state: ts.TrainState, batch_size: int,
+              key: Array) -> Proposal:
+    """z ~ N(0, I) and x0 = G(z), keeping the pass's VJP for stage 4."""
+    z = self.normal(noise.PRIOR, key, (batch_size, self.models.nz), None)
+
+    def g(params):
+      return sampling.generate(self.models, state.gen.replace(params=params),
+                               z)
+
+    x0, pullback, gen_state = jax.vjp(g, state.gen.params, has_aux=True)
+    return Proposal(z=z, x0=x0, pullback=pullback, gen_state=gen_state)
+
+  # 2. x-revision.
+  def revise_x(self, state: ts.TrainState, x0: Array, key: Array
+               ) -> tuple[Array, dict[str, Any], Metrics]:
+    """x1 = Tx(x0) under the current EBM; returns (x1, EBM state, metrics)."""
+    x1, ebm_sn, info = sampling.revise_x(
+        self.models, state.ebm, x0, key, self.s.langevin_x,
+        normal=self.normal, name=noise.X_CHAIN, loop=self.loop)
+    return x1, ebm_sn, _chain_metrics('x_chain', info, x0.shape[0])
+
+  # 3. z-revision.
+  def z_chain(self, state: ts.TrainState, gen_state: dict[str, Any],
+              x: Array, keys: StepKeys
+              ) -> tuple[Array, dict[str, Any], Metrics]:
+    """z0 ~ q(z|x), z1 = Tz(z0); returns (z1, G's state, metrics)."""
+    s = self.s
+    z0, _, _ = sampling.infer_z(self.models, state.inf, x, keys.reparam,
+                                self.normal)
+    z1, gen_state, info = sampling.revise_z(
+        self.models, state.gen.replace(state=gen_state), z0, x, keys.z_chain,
+        s.langevin_z, s.loss.sigma, s.loss.prior_sigma, normal=self.normal,
+        loop=self.loop)
+    w_rec, w_prior = langevin.z_energy_weights(
+        s.langevin_z.rule, s.loss.sigma, s.loss.prior_sigma)
+    # Reconstruction error at the chain's start, recovered from its energy.
+    rec_start = (info.energy_start - w_prior * jnp.sum(jnp.square(z0))
+                 ) / (w_rec * x.shape[0])
+    return z1, gen_state, {'z_chain_rec_start': rec_start,
+                           'z_chain_grad_norm': info.grad_norm}
+
+  def z_prior_draw(self, state: ts.TrainState, gen_state: dict[str, Any],
+                   x: Array, keys: StepKeys
+                   ) -> tuple[Array, dict[str, Any], Metrics]:
+    """No z-revision (`training.z_revision=False`): z1 = z0 ~ q(z|x)."""
+    z0, _, _ = sampling.infer_z(self.models, state.inf, x, keys.reparam,
+                                self.normal)
+    return z0, gen_state, {}
+
+  # 4. Generator update.
+  def generator_update(self) -> Callable[..., tuple[ts.NetState, Metrics]]:
+    """The generator's Adam step on the terms the settings keep."""
+    t = self.s.training
+    terms = []
+    if t.generator_data_teaching:
+      terms.append(self.reconstruction_term)
+    if t.generator_x_teaching:
+      terms.append(self.x_teaching_term)
+
+    def update(state, gen_state, proposal, x, x1, z1=None):
+      # z1 is absent in cooperative learning, whose terms do not read it.
+      grads = jax.tree.map(jnp.zeros_like, state.gen.params)
+      total, metrics = jnp.zeros((), jnp.float32), {}
+      for term in terms:
+        value, g, gen_state, m = term(state, gen_state, proposal, x, x1, z1)
+        grads = jax.tree.map(jnp.add, grads, g)
+        total, metrics = total + value, {**metrics, **m}
+      metrics['loss_g'] = total
+      return adam_update(state.gen, grads, self.opt.gen, gen_state), metrics
+
+    return update
+
+  def reconstruction_term(self, state, gen_state, proposal, x, x1, z1):
+    """Gfactor ||G(z1) - x||^2 / B through a fresh pass G(z1)."""
+    del proposal, x1
+    (value, (gen_state, m)), g = jax.value_and_grad(
+        losses.reconstruction_loss, has_aux=True)(
+            state.gen.params, gen_state, self.models.gen.apply, x, z1,
+            self.s.loss.g_factor)
+    m['z_chain_rec_end'] = m['g_rec_after_z_chain']
+    return value, g, gen_state, m
+
+  def x_teaching_term(self, state, gen_state, proposal, x, x1, z1):
+    """Sfactor ||x0 - x1||^2 / B through the proposal pass x0 = G(z)."""
+    del state, x, z1
+    (value, m), d_x0 = jax.value_and_grad(losses.x_teaching_loss,
+                                          has_aux=True)(
+        proposal.x0, x1, self.s.loss.s_factor)
+    (g,) = proposal.pullback(d_x0)
+    return value, g, gen_state, m
+
+  # 5. Inference update.
+  def update_inference(self, state: ts.TrainState, x: Array, z: Array,
+                       z1: Array, x1: Array) -> tuple[ts.NetState, Metrics]:
+    """The inference model's Adam step."""
+    loss = self.s.loss
+    (_, m), grads = jax.value_and_grad(losses.inference_loss, has_aux=True)(
+        state.inf.params, self.models.inf.apply, x, z1, x1, z, loss.g_factor,
+        loss.i_factor)
+    return adam_update(state.inf, grads, self.opt.inf, state.inf.state), m
+
+  # 6. The EBM's negatives.
+  def negatives(self) -> Callable[..., tuple[Negatives, ts.NetState]]:
+    """The negatives stage: the data passes, then the start and its chain."""
+    t = self.s.training
+    if t.x_chain_init == 'noise':
+      start = self.noise_start
+    elif t.negative_chain_init == 'data':
+      start = remedies.data_start
+    elif t.second_x_chain:
+      start = self.second_proposal
+    else:
+      start = self.first_chain_end
+    chain = self.negative_chain()
+
+    def stage(state, gen, ebm_sn, x, key, z=None, x1=None):
+      # z and x1 are absent in short-run MCMC, whose start is noise.
+      sn_pos, sn = self.data_passes(state, ebm_sn, x)
+      x0, gen = start(state, gen, key, x=x, z=z, x1=x1)
+      x_neg, sn, m, updates = chain(state, sn, x0, key)
+      return Negatives(x_neg, sn_pos, sn, m, updates), gen
+
+    return stage
+
+  def data_passes(self, state: ts.TrainState, ebm_sn: dict[str, Any],
+                  x: Array) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The authors' two E(x) passes before the negatives' chain.
+
+    train.py logs `et = netE(x)` after the generator update, then computes
+    the EBM loss's `Eng_T = netE(x)` before its second chain; in train mode
+    each runs one power iteration. Returns (the state the loss's E(x)
+    starts from, the state after it), the second for the negatives' chain;
+    the loss recomputes that E(x) pass with its gradient (stage 7).
+    """
+    ebm = state.ebm
+    _, sn_pos = sampling.ebm_energies(self.models, ebm.replace(state=ebm_sn),
+                                      x)
+    _, sn = sampling.ebm_energies(self.models, ebm.replace(state=sn_pos), x)
+    return sn_pos, sn
+
+  def second_proposal(self, state, gen, key, *, x, z, x1):
+    """x0' = G'(z): the same z through the updated generator."""
+    del state, x, x1, key
+    x0, gen_state = sampling.generate(self.models, gen, z)
+    return x0, gen.replace(state=gen_state)
+
+  def first_chain_end(self, state, gen, key, *, x, z, x1):
+    """The paper's Algorithm 1 (`second_x_chain=False`): x_neg = x1."""
+    del state, z, x, key
+    return x1, gen
+
+  def noise_start(self, state, gen, key, *, x, z, x1):
+    """Uniform noise in [x_noise_low, x_noise_high) (short-run MCMC)."""
+    del state, z, x1
+    t = self.s.training
+    return jax.random.uniform(jax.random.fold_in(key, 3), x.shape,
+                              jnp.float32, t.x_noise_low,
+                              t.x_noise_high), gen
+
+  def negative_chain(self) -> remedies.Chain:
+    """Tx on the negatives' start, with the remedies the settings add."""
+    s, t = self.s, self.s.training
+    if not (t.second_x_chain or t.negative_chain_init == 'data' or
+            t.x_chain_init == 'noise'):
+      return lambda state, sn, x0, key: (x0, sn, {}, {})
+    jump = s.langevin_x.jump_std > 0
+
+    def chain(state, sn, x0, key):
+      ebm = state.ebm.replace(state=sn)
+      then = (remedies.jumps(self.models, ebm.params, s.langevin_x) if jump
+              else langevin.unchanged)
+      x_neg, sn, info = sampling.revise_x(
+          self.models, ebm, x0, key, s.langevin_x, normal=self.normal,
+          name=noise.X_CHAIN_NEGATIVE, loop=self.loop, then=then)
+      return x_neg, sn, _chain_metrics('negative_chain', info,
+                                       x0.shape[0]), {}
+
+    if t.long_chains:
+      chain = remedies.with_long_chains(chain, self.models, s.langevin_x,
+                                        t.long_chains, t.long_chain_steps)
+    replay = ts.replay_spec(t)
+    if replay is not None:
+      chain = remedies.with_replay(chain, replay)
+    return chain
+
+  # 7. EBM update.
+  def update_ebm(self, state: ts.TrainState, x: Array,
+                 neg: Negatives) -> tuple[ts.NetState, Metrics]:
+    """The EBM's Adam step on the temperature-scaled loss."""
+    s = self.s
+    temperature = losses.ebm_temperature(
+        s.langevin_x.step_size, s.langevin_x.noise,
+        s.loss.ebm_temperature_scaling)
+    (_, (ebm_sn, m)), grads = jax.value_and_grad(losses.ebm_loss,
+                                                 has_aux=True)(
+        state.ebm.params, neg.sn_pos, neg.sn_neg, self.models.ebm.apply, x,
+        neg.x, temperature, remedies.extra_ebm_terms(s))
+    return (adam_update(state.ebm, grads, self.opt.ebm, ebm_sn),
+            {**m, **neg.metrics})
 
   def finish(self, state: ts.TrainState, metrics: Metrics,
              **fields: Any) -> tuple[ts.TrainState, Metrics]:
     """Learning rates and the health flag into `metrics`; step + 1."""
-    opt = self.optimizers
-    metrics.update(lr_e=opt.lr_ebm(state.step), lr_g=opt.lr_gen(state.step),
-                   lr_i=opt.lr_inf(state.step))
+    opt = self.opt
+    metrics = {**metrics, 'lr_e': opt.lr_ebm(state.step),
+               'lr_g': opt.lr_gen(state.step), 'lr_i': opt.lr_inf(state.step)}
     finite = jnp.all(jnp.stack([
         jnp.isfinite(metrics[k]) for k in ('loss_g', 'loss_i', 'loss_e')]))
     metrics['healthy'] = jnp.logical_and(
-        finite, jnp.abs(metrics['energy_diff']) <= self.s.diff_limit)
+        finite, jnp.abs(metrics['energy_diff']) <= self.s.loss.energy_diff_limit)
     return state.replace(step=state.step + 1, **fields), metrics
 
-  def noise_init_step(self, state: ts.TrainState,
-                      batch: Array) -> tuple[ts.TrainState, Metrics]:
-    """Short-run MCMC from noise: only the EBM learns."""
-    x = batch  # [B, ...]
-    k_init, k_x = jax.random.split(ts.step_key(state))
-    x0 = jax.random.uniform(k_init, x.shape, jnp.float32, self.s.noise_low,
-                            self.s.noise_high)
-    x0, slots = self.from_replay(state, x0, k_x)
-    x_neg, ebm_sn, info = sampling.revise_x(self.models, state.ebm, x0, k_x,
-                                            self.s.lx)
-    ebm, m_e = self.ebm_update(state, ebm_sn, x, x_neg, info)
-    # G and I are not trained; zero losses keep the metric names the
-    # training loop reports and checks.
-    metrics = {**m_e, 'loss_g': jnp.zeros((), jnp.float32),
-               'loss_i': jnp.zeros((), jnp.float32)}
-    return self.finish(state, metrics, ebm=ebm,
-                       **self.to_replay(state, slots, x_neg))
 
-  def dual_step(self, state: ts.TrainState,
-                batch: Array) -> tuple[ts.TrainState, Metrics]:
-    """The dual-MCMC iteration (module docstring, steps 1-5)."""
-    state, metrics, _ = self.dual_iteration(state, batch)
-    return state, metrics
-
-  def dual_iteration(self, state: ts.TrainState, batch: Array
-                     ) -> tuple[ts.TrainState, Metrics, dict[str, Array]]:
-    """`dual_step` that also returns the revised samples."""
-    x, models, s = batch, self.models, self.s  # x: [B, ...]
-    k_z, k_x1, k_q, k_zc, k_x2 = jax.random.split(ts.step_key(state), 5)
-    # 1. Generator proposal and its x-revision under the current EBM.
-    z = self.normal(noise.PRIOR, k_z, (x.shape[0], models.nz), None)
-    x0, gen_bn = sampling.generate(models, state.gen, z)
-    # Metropolis jumps (langevin_x.jump_std) only move the EBM's negatives:
-    # a jump to another mode would pull G(z) towards the midpoint of two.
-    x1, ebm_sn, info_x1 = sampling.revise_x(
-        models, state.ebm, x0, k_x1, dataclasses.replace(s.lx, jump_std=0.0),
-        normal=self.normal, name=noise.X_CHAIN)
-    (x,) = _after(x1, x)
-    # 2. Inference proposal and its z-revision under the current generator.
-    z1, gen_bn, chain_metrics = self.z_revision(state, gen_bn, x, k_q, k_zc)
-    x, x1, z = _after(z1, x, x1, z)
-    # 3. Generator update.
-    (_, (gen_bn, m_g)), g_grads = jax.value_and_grad(
-        losses.generator_loss, has_aux=True)(
-            state.gen.params, gen_bn, models.gen.apply, x, z, z1,
-            x1 if s.x_teaching else None, s.g_factor, s.s_factor)
-    gen = _apply_update(state.gen, g_grads, self.optimizers.gen, gen_bn)
-    # 4. Inference update.
-    inf, m_i = self.inference_update(state, x, z, z1, x1)
-    # 5. EBM update, negatives from a second chain off the updated generator.
-    if s.negative_init == 'data' or s.second_chain:
-      if s.negative_init == 'data':
-        x0_neg = x
-      else:
-        x0_neg, gen_bn = sampling.generate(models, gen, z)
-        gen = gen.replace(state=gen_bn)
-      x0_neg, slots = self.from_replay(state, x0_neg, k_x2)
-      (x0_neg,) = _after(inf, x0_neg)
-      x_neg, ebm_sn, info_neg = sampling.revise_x(
-          models, state.ebm.replace(state=ebm_sn), x0_neg, k_x2, s.lx,
-          normal=self.normal, name=noise.X_CHAIN_NEGATIVE)
-    else:
-      x_neg, info_neg, slots = x1, info_x1, None
-    x_neg, ebm_sn = self.lengthen_chains(state, ebm_sn, x_neg, k_x2)
-    ebm, m_e = self.ebm_update(state, ebm_sn, x, x_neg, info_neg)
-    metrics = {**m_g, **m_i, **m_e, **chain_metrics}
-    if 'z_chain_rec_start' in metrics:
-      metrics['z_chain_rec_end'] = m_g['g_rec_after_z_chain']
-    state, metrics = self.finish(state, metrics, ebm=ebm, gen=gen, inf=inf,
-                                 **self.to_replay(state, slots, x_neg))
-    return state, metrics, {'z': z, 'x0': x0, 'x1': x1, 'z1': z1,
-                            'x_neg': x_neg}
-
-  def from_replay(self, state: ts.TrainState, x0: Array, key: Array
-                  ) -> tuple[Array, Array | None]:
-    """Restarts a `replay.fraction` of the chains from the replay buffer.
-
-    Returns:
-      (chain starts, the buffer slots drawn or None without a buffer).
-    """
-    replay = self.s.replay
-    if replay is None:
-      return x0, None
-    k_slot, k_pick = jax.random.split(jax.random.fold_in(key, 2))
-    slots = jax.random.randint(k_slot, (x0.shape[0],), 0, replay.size)
-    pick = jax.random.uniform(k_pick, (x0.shape[0],)) < replay.fraction
-    pick = pick.reshape((-1,) + (1,) * (x0.ndim - 1))
-    return jnp.where(pick, state.replay[slots], x0), slots
-
-  def to_replay(self, state: ts.TrainState, slots: Array | None,
-                x_neg: Array) -> dict[str, Array]:
-    """The buffer with the chains' ends written back to their slots."""
-    if slots is None:
-      return {}
-    return {'replay': state.replay.at[slots].set(x_neg)}
-
-  def lengthen_chains(self, state: ts.TrainState, ebm_sn: dict[str, Any],
-                      x_neg: Array, key: Array
-                      ) -> tuple[Array, dict[str, Any]]:
-    """Runs `long_chain_steps` more steps on the first `long_chains` negatives."""
-    s = self.s
-    if not s.long_chains:
-      return x_neg, ebm_sn
-    head, ebm_sn, _ = sampling.revise_x(
-        self.models, state.ebm.replace(state=ebm_sn), x_neg[:s.long_chains],
-        jax.random.fold_in(key, 1),
-        dataclasses.replace(s.lx, steps=s.long_chain_steps))
-    return x_neg.at[:s.long_chains].set(head), ebm_sn
-
-  def z_revision(self, state: ts.TrainState, gen_bn: dict[str, Any],
-                 x: Array, k_q: Array, k_zc: Array
-                 ) -> tuple[Array | None, dict[str, Any], Metrics]:
-    """z0 ~ q(z|x) and its z-revision: (z1, generator BN state, metrics)."""
-    s = self.s
-    if not s.data_teaching:
-      return None, gen_bn, {}
-    z0, _, _ = sampling.infer_z(self.models, state.inf, x, k_q, self.normal)
-    if not s.z_revision:
-      return z0, gen_bn, {}
-    z1, gen_bn, info_z = sampling.revise_z(
-        self.models, state.gen.replace(state=gen_bn), z0, x, k_zc, s.lz,
-        s.sigma, s.prior_sigma, normal=self.normal)
-    # Reconstruction error at the chain's start, recovered from its energy.
-    rec_start = (info_z.energy_start - s.w_prior * jnp.sum(jnp.square(z0))
-                 ) / (s.w_rec * x.shape[0])
-    return z1, gen_bn, {'z_chain_rec_start': rec_start,
-                        'z_chain_grad_norm': info_z.grad_norm}
-
-  def inference_update(self, state: ts.TrainState, x: Array, z: Array,
-                       z1: Array | None, x1: Array
-                       ) -> tuple[ts.NetState, Metrics]:
-    """The inference model's Adam step (none in cooperative learning)."""
-    s = self.s
-    if not s.data_teaching:
-      # Cooperative learning has no inference model; a zero loss keeps the
-      # metric names the training loop reports and checks.
-      return state.inf, {'loss_i': jnp.zeros((), jnp.float32)}
-    (_, m_i), i_grads = jax.value_and_grad(
-        losses.inference_loss, has_aux=True)(
-            state.inf.params, self.models.inf.apply, x, z1, x1, z,
-            s.g_factor, s.i_factor)
-    return _apply_update(state.inf, i_grads, self.optimizers.inf,
-                         state.inf.state), m_i
+def _chain_metrics(prefix: str, info: langevin.ChainInfo,
+                   batch: int) -> Metrics:
+  """A chain's mean energy at its start and end, and its gradient norm."""
+  return {f'{prefix}_energy_start': info.energy_start / batch,
+          f'{prefix}_energy_end': info.energy_last / batch,
+          f'{prefix}_grad_norm': info.grad_norm}

@@ -22,8 +22,9 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from dual_mcmc_jax import config_checks
+
 from dual_mcmc_jax import import_torch
+from dual_mcmc_jax import settings as settings_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 flags.DEFINE_string('torch_checkpoint', None,
@@ -45,8 +46,8 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError('Too many command-line arguments.')
-  config_checks.validate(FLAGS.config)
-  print(import_torch.import_file(FLAGS.config, FLAGS.torch_checkpoint,
+  settings = settings_lib.from_config(FLAGS.config)
+  print(import_torch.import_file(settings, FLAGS.torch_checkpoint,
                                  FLAGS.workdir, FLAGS.step))
 
 

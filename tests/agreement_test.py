@@ -40,6 +40,7 @@ from configs import cifar10 as cifar10_config
 from dual_mcmc_jax import import_torch
 from dual_mcmc_jax import langevin
 from dual_mcmc_jax import losses
+from dual_mcmc_jax import settings as settings_lib
 from dual_mcmc_jax import train_state as ts
 from scripts.golden_recipe import first_gradient
 from scripts.golden_recipe import pixels_to_float
@@ -192,8 +193,8 @@ def langevin_pairs(name: str) -> Pairs:
   """One noiseless x-step and z-step, through the library's sampler."""
   f = load(name)
   a, m, v, meta = f['arrays'], f['models'], f['variables'], f['meta']
-  x_settings = langevin.LangevinSettings(1, meta['s_x'], meta['n_x'])
-  z_settings = langevin.LangevinSettings(1, meta['s_z'], meta['n_z'])
+  x_settings = settings_lib.ChainSettings(1, meta['s_x'], meta['n_x'])
+  z_settings = settings_lib.ChainSettings(1, meta['s_z'], meta['n_z'])
 
   @_jit
   def run(v, x_start, x, z_start):
@@ -254,18 +255,30 @@ def loss_pairs(name: str) -> Pairs:
 
   @_jit
   def run(v, x, x1, z, z1):
-    (loss_g, _), grads_g = jax.value_and_grad(
-        losses.generator_loss, has_aux=True)(
-            v['gen']['params'], {'batch_stats': v['gen']['batch_stats']},
-            m.gen.apply, x, z, z1, x1, meta['g_factor'], meta['s_factor'])
+    bn = {'batch_stats': v['gen']['batch_stats']}
+
+    def generator_loss(params):
+      # The train step's two terms: a pass G(z1), and G(z) (the proposal).
+      rec, _ = losses.reconstruction_loss(params, bn, m.gen.apply, x, z1,
+                                          meta['g_factor'])
+      x0, _ = m.gen.apply({'params': params, **bn}, z,
+                          mutable=['batch_stats'])
+      teach, _ = losses.x_teaching_loss(x0, x1, meta['s_factor'])
+      return rec + teach
+
+    loss_g, grads_g = jax.value_and_grad(generator_loss)(v['gen']['params'])
     (loss_i, _), grads_i = jax.value_and_grad(
         losses.inference_loss, has_aux=True)(
             v['inf']['params'], m.inf.apply, x, z1, x1, z, meta['g_factor'],
             meta['i_factor'])
+    # The fixture's loss runs E(x), then E(x1) from the state E(x) left.
+    sn_pos = {'batch_stats': v['ebm']['batch_stats']}
+    _, sn_neg = m.ebm.apply({'params': v['ebm']['params'], **sn_pos}, x,
+                            update_stats=True, mutable=['batch_stats'])
     (loss_e, (sn, _)), grads_e = jax.value_and_grad(
         losses.ebm_loss, has_aux=True)(
-            v['ebm']['params'], {'batch_stats': v['ebm']['batch_stats']},
-            m.ebm.apply, x, x1, temperature)
+            v['ebm']['params'], sn_pos, dict(sn_neg), m.ebm.apply, x, x1,
+            temperature)
     return ((loss_g, grads_g), (loss_i, grads_i), (loss_e, grads_e),
             sn['batch_stats'])
 

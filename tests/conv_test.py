@@ -17,6 +17,7 @@ from configs import test as test_config
 from dual_mcmc_jax import conv
 from dual_mcmc_jax import langevin
 from dual_mcmc_jax import networks
+from dual_mcmc_jax import settings as settings_lib
 from dual_mcmc_jax import train_state as ts
 from dual_mcmc_jax import winograd
 from dual_mcmc_jax import sampling
@@ -66,19 +67,6 @@ def test_forward_conv_gradients_equal_autodiff(size, k, stride, pad, dil):
                                atol=1e-5 * float(jnp.max(jnp.abs(b))))
 
 
-def test_rule_names_are_checked_and_auto_resolves_by_backend():
-  assert conv.resolve_input_grad('auto') == (
-      'forward_conv' if jax.default_backend() == 'cpu' else 'xla')
-  assert conv.resolve_input_grad('xla') == 'xla'
-  with pytest.raises(ValueError, match=r'config\.model\.conv_input_grad.*'
-                     r'allowed: auto, xla, forward_conv'):
-    conv.resolve_input_grad('fast')
-  config = test_config.get_config()
-  config.model.conv_input_grad = 'fast'
-  with pytest.raises(ValueError, match='conv_input_grad'):
-    ts.create_models(config)
-
-
 def test_plain_generator_equals_flax_conv_transpose():
   """The input-dilated convs are the transposed convs they replace."""
   config = test_config.get_config()
@@ -114,11 +102,11 @@ def test_plain_generator_equals_flax_conv_transpose():
 def test_chains_agree_and_compile_without_transposed_kernel_layout(arch):
   config = test_config.get_config()
   config.model.arch = arch
-  lx = langevin.LangevinSettings.from_config(config.langevin_x)
-  lz = langevin.LangevinSettings.from_config(config.langevin_z)
+  settings = settings_lib.from_config(config)
+  lx, lz = settings.langevin_x, settings.langevin_z
   out, hlo = {}, {}
-  for rule in ('xla', 'forward_conv'):
-    config.model.conv_input_grad = rule
+  for rule, switch in (('xla', 'off'), ('forward_conv', 'on')):
+    config.training.cpu_plugin = switch
     models = ts.create_models(config)
     state = ts.create_train_state(
         models, ts.create_optimizers(config.optim, 10), 0)

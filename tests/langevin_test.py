@@ -12,6 +12,8 @@ Lyapunov equation), so the sample moments are compared with these to a few
 Monte Carlo standard errors, not with a loose guess.
 """
 
+import dataclasses
+
 import jax
 from jax.extend import core as jex_core
 import jax.numpy as jnp
@@ -23,6 +25,7 @@ from configs import default
 from configs import test as test_config
 from dual_mcmc_jax import langevin
 from dual_mcmc_jax import networks
+from dual_mcmc_jax import settings as settings_lib
 from dual_mcmc_jax import train_state
 
 _A = np.array([[2.0, 0.6], [0.6, 1.0]])  # non-diagonal, eigenvalues 0.72, 2.28
@@ -69,7 +72,7 @@ _STEPS = 500  # (1 - h * 0.72)^500 = 7e-4 of the start remains at h = 0.02
 
 def test_paper_rule_samples_gaussian():
   s = 0.02  # paper rule: gradient step s, noise sqrt(2 s)
-  settings = langevin.LangevinSettings(steps=_STEPS, step_size=s, noise=0.5,
+  settings = settings_lib.ChainSettings(steps=_STEPS, step_size=s, noise=0.5,
                                        rule='paper')
   samples = _run_chains(settings, _NUM_CHAINS)
   mean, cov, stationary = _exact_moments(s, np.sqrt(2 * s), _STEPS)
@@ -85,7 +88,7 @@ def test_paper_rule_samples_gaussian():
 
 def test_reference_rule_matches_discrete_lyapunov_solution():
   s, n = 0.2, 0.3  # h = s^2 / 2 = 0.02, noise n independent of h
-  settings = langevin.LangevinSettings(steps=_STEPS, step_size=s, noise=n,
+  settings = settings_lib.ChainSettings(steps=_STEPS, step_size=s, noise=n,
                                        rule='reference')
   samples = _run_chains(settings, _NUM_CHAINS, seed=1)
   mean, cov, stationary = _exact_moments(s * s / 2, n, _STEPS)
@@ -99,7 +102,7 @@ def test_reference_rule_matches_discrete_lyapunov_solution():
                                        ('paper', 0.3)])
 def test_zero_noise_is_gradient_descent(rule, coef):
   x0 = np.random.default_rng(0).normal(size=(5, 2)).astype(np.float32)
-  settings = langevin.LangevinSettings(steps=1, step_size=0.3, noise=0.7,
+  settings = settings_lib.ChainSettings(steps=1, step_size=0.3, noise=0.7,
                                        rule=rule)
   x1, _, _ = langevin.langevin(_gaussian_energy, jnp.asarray(x0),
                                jax.random.key(0), settings, noise_scale=0.0)
@@ -112,7 +115,7 @@ def test_two_noisy_steps_by_hand():
   s, n = 0.4, 0.05
   key = jax.random.key(3)
   x0 = np.random.default_rng(1).normal(size=(6, 2)).astype(np.float32)
-  settings = langevin.LangevinSettings(steps=2, step_size=s, noise=n)
+  settings = settings_lib.ChainSettings(steps=2, step_size=s, noise=n)
   x2, _, info = langevin.langevin(_gaussian_energy, jnp.asarray(x0), key,
                                   settings)
   x = x0.astype(np.float64)
@@ -128,7 +131,7 @@ def test_mask_holds_observed_entries():
   rng = np.random.default_rng(2)
   x0 = rng.normal(size=(64, 2)).astype(np.float32)
   mask = rng.uniform(size=(64, 2)) < 0.5
-  settings = langevin.LangevinSettings(steps=20, step_size=0.3, noise=0.1)
+  settings = settings_lib.ChainSettings(steps=20, step_size=0.3, noise=0.1)
   x, _, _ = langevin.langevin(_gaussian_energy, jnp.asarray(x0),
                               jax.random.key(0), settings,
                               mask=jnp.asarray(mask))
@@ -146,7 +149,7 @@ def test_trajectory_follows_the_langevin_chain():
   # chain, and the energies are the chain's own values.
   key = jax.random.key(5)
   x0 = jnp.asarray(np.random.default_rng(3).normal(size=(4, 2)), jnp.float32)
-  settings = langevin.LangevinSettings(steps=6, step_size=0.3, noise=0.2)
+  settings = settings_lib.ChainSettings(steps=6, step_size=0.3, noise=0.2)
   snaps, energies, count = jax.jit(
       lambda x, k: langevin.trajectory(_counting_gaussian_energy, x, k,
                                        settings, every=2, aux=0))(x0, key)
@@ -155,7 +158,7 @@ def test_trajectory_follows_the_langevin_chain():
   for k in range(1, 4):
     xk, count_k, info = langevin.langevin(
         _counting_gaussian_energy, x0, key,
-        langevin.LangevinSettings(steps=2 * k, step_size=0.3, noise=0.2),
+        settings_lib.ChainSettings(steps=2 * k, step_size=0.3, noise=0.2),
         aux=0)
     np.testing.assert_allclose(snaps[k], xk, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(energies[0], info.energy_start, rtol=1e-6)
@@ -169,7 +172,7 @@ def test_trajectory_follows_the_langevin_chain():
 
 
 def test_trajectory_checks_every():
-  settings = langevin.LangevinSettings(steps=6, step_size=0.3)
+  settings = settings_lib.ChainSettings(steps=6, step_size=0.3)
   for every in (0, 4):
     with pytest.raises(ValueError, match='divisor'):
       langevin.trajectory(_gaussian_energy, jnp.zeros((2, 2)),
@@ -180,7 +183,7 @@ def test_aux_is_threaded_through_every_step():
   def counting_energy(x, count):
     return jnp.sum(x**2), count + 1
 
-  settings = langevin.LangevinSettings(steps=7, step_size=0.1, noise=0.1)
+  settings = settings_lib.ChainSettings(steps=7, step_size=0.1, noise=0.1)
   _, count, _ = langevin.langevin(counting_energy, jnp.ones((3, 2)),
                                   jax.random.key(0), settings,
                                   aux=jnp.zeros((), jnp.int32))
@@ -196,7 +199,7 @@ def _all_eqns(jaxpr):
 
 def test_chain_is_a_loop_not_unrolled():
   def trace(steps):
-    settings = langevin.LangevinSettings(steps=steps, step_size=0.1,
+    settings = settings_lib.ChainSettings(steps=steps, step_size=0.1,
                                          noise=0.1)
     return jax.make_jaxpr(lambda x: langevin.langevin(
         _gaussian_energy, x, jax.random.key(0), settings)[0])(
@@ -215,25 +218,44 @@ def test_chain_is_a_loop_not_unrolled():
       assert eqn.params['num_carry'] == len(eqn.outvars)
 
 
-def test_unknown_rule_raises():
-  settings = langevin.LangevinSettings(steps=1, step_size=0.1, noise=0.1,
-                                       rule='mala')
+def test_unknown_rule_is_one_line_naming_the_field_and_the_rules():
+  config = default.get_config()
+  config.langevin_z.rule = 'mala'
+  with pytest.raises(ValueError, match=r"config\.langevin_z\.rule='mala' is "
+                     r'unknown; allowed: .*reference.*paper'):
+    settings_lib.from_config(config)
   with pytest.raises(ValueError, match='rule'):
-    langevin.langevin(_gaussian_energy, jnp.zeros((2, 2)), jax.random.key(0),
-                      settings)
-  with pytest.raises(ValueError, match=r'config\.langevin_z\.rule'):
     langevin.z_energy_weights('mala', 0.3, 1.0)
-  with pytest.raises(ValueError, match=r'config\.langevin_z\.rule'):
-    langevin.z_energy_fn(lambda *a, **k: None, {}, jnp.zeros((2, 2)), 0.3,
-                         1.0, 'mala')
+
+
+def test_a_new_rule_is_one_registered_function():
+  """Registering a rule makes it a valid config value and a working chain."""
+
+  @langevin.register_rule('quarter')
+  def quarter(step_size, noise):  # pylint: disable=unused-variable
+    return 0.25 * step_size * step_size, noise
+
+  try:
+    config = test_config.get_config()
+    config.langevin_x.rule = 'quarter'
+    settings = settings_lib.from_config(config)
+    assert langevin.step_coefficients(settings.langevin_x) == (0.0625, 0.001)
+    x1, _, _ = langevin.langevin(
+        lambda x, aux: (0.5 * jnp.sum(x * x), aux), jnp.ones((2, 2)),
+        jax.random.key(0), dataclasses.replace(settings.langevin_x,
+                                               noise=0.0))
+    # x - s^2/4 * x for the energy |x|^2 / 2: three steps of s = 0.5.
+    np.testing.assert_allclose(x1, (1 - 0.0625)**3, rtol=1e-6)
+  finally:
+    langevin.RULES.pop('quarter')
 
 
 def test_settings_from_config():
   config = default.get_config()
-  lx = langevin.LangevinSettings.from_config(config.langevin_x)
-  lz = langevin.LangevinSettings.from_config(config.langevin_z)
-  assert lx == langevin.LangevinSettings(30, 0.5, 0.001, 'reference')
-  assert lz == langevin.LangevinSettings(10, 0.1, 0.1, 'reference')
+  settings = settings_lib.from_config(config)
+  lx, lz = settings.langevin_x, settings.langevin_z
+  assert lx == settings_lib.XChainSettings(30, 0.5, 0.001, 'reference', 0.0)
+  assert lz == settings_lib.ChainSettings(10, 0.1, 0.1, 'reference')
   assert langevin.step_coefficients(lx) == (0.125, 0.001)
 
 
@@ -328,7 +350,7 @@ def test_reference_z_update_is_the_authors_formula(tiny_generator):
   sigma, prior_sigma, s = 0.3, 2.0, 0.1
   fn = langevin.z_energy_fn(gen.apply, variables['params'], x, sigma,
                             prior_sigma, 'reference')
-  settings = langevin.LangevinSettings(steps=1, step_size=s, noise=0.0,
+  settings = settings_lib.ChainSettings(steps=1, step_size=s, noise=0.0,
                                        rule='reference')
   z1, _, _ = langevin.langevin(fn, z, jax.random.key(0), settings,
                                aux={'batch_stats': variables['batch_stats']})
@@ -362,22 +384,3 @@ def test_x_energy_is_summed_ebm_energy_and_updates_power_iteration():
   u_after = new_state['batch_stats']['block0']['conv1']['u']
   assert u_after.shape == u_before.shape
   assert np.max(np.abs(np.asarray(u_after) - np.asarray(u_before))) > 1e-3
-
-
-def test_noise_drawn_ahead_gives_the_same_chain(monkeypatch):
-  """Drawing step i + 1's noise during step i: the same chain (change 20).
-
-  The same noise and updates; only float32 rounding of the fused update
-  (where the compiler contracts a multiply-add) may differ.
-  """
-  key = jax.random.key(7)
-  x0 = jnp.asarray(np.random.default_rng(4).normal(size=(4, 2)), jnp.float32)
-  settings = langevin.LangevinSettings(steps=5, step_size=0.2, noise=0.3)
-  out = {}
-  for ahead in (False, True):
-    monkeypatch.setattr(langevin, 'NOISE_AHEAD', ahead)
-    out[ahead] = jax.jit(lambda x, k: langevin.langevin(
-        _gaussian_energy, x, k, settings)[::2])(x0, key)
-  assert float(jnp.max(jnp.abs(out[True][0] - x0))) > 0.1  # it moved
-  for a, b in zip(jax.tree.leaves(out[True]), jax.tree.leaves(out[False])):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

@@ -64,47 +64,52 @@ def tiny():
   return models, variables, data
 
 
-def test_generator_loss_by_hand(tiny):
+def test_generator_terms_by_hand(tiny):
   models, variables, d = tiny
   gen = variables['gen']
   bn_state = {'batch_stats': gen['batch_stats']}
-  loss, (new_state, metrics) = losses.generator_loss(
-      gen['params'], bn_state, models.gen.apply, d['x'], d['z'], d['z1'],
-      d['x1'], 1.5, 50.0)
-  # Two separate batch-statistics passes, G(z1) then G(z).
+  rec_loss, (new_state, metrics) = losses.reconstruction_loss(
+      gen['params'], bn_state, models.gen.apply, d['x'], d['z1'], 1.5)
+  # One batch-statistics pass G(z1).
   g_z1, vs = models.gen.apply(gen, d['z1'], mutable=['batch_stats'])
-  g_z, vs = models.gen.apply({'params': gen['params'], **vs}, d['z'],
-                             mutable=['batch_stats'])
+  g_z, _ = models.gen.apply(gen, d['z'], mutable=['batch_stats'])
   g_z1, g_z, x, x1 = (np.asarray(a, np.float64)
                       for a in (g_z1, g_z, d['x'], d['x1']))
   rec = np.sum((g_z1 - x)**2) / 4
-  teach = np.sum((g_z - x1)**2) / 4
-  np.testing.assert_allclose(loss, 1.5 * rec + 50.0 * teach, rtol=1e-5)
+  np.testing.assert_allclose(rec_loss, 1.5 * rec, rtol=1e-5)
   np.testing.assert_allclose(metrics['g_rec_after_z_chain'], rec, rtol=1e-5)
-  np.testing.assert_allclose(metrics['g_dist_to_x_revised'], teach, rtol=1e-5)
   jax.tree.map(np.testing.assert_allclose, new_state, dict(vs))
+  teach_loss, metrics = losses.x_teaching_loss(jnp.asarray(g_z, jnp.float32),
+                                               d['x1'], 50.0)
+  teach = np.sum((g_z - x1)**2) / 4
+  np.testing.assert_allclose(teach_loss, 50.0 * teach, rtol=1e-5)
+  np.testing.assert_allclose(metrics['g_dist_to_x_revised'], teach, rtol=1e-5)
 
 
-def test_generator_gradient_flows_through_both_terms(tiny):
+def test_x_teaching_gradient_is_the_proposal_pass_pullback(tiny):
+  """The teaching term through the proposal's VJP = through G(z) itself."""
   models, variables, d = tiny
   gen = variables['gen']
-  bn_state = {'batch_stats': gen['batch_stats']}
+
+  def g(params):
+    return models.gen.apply({'params': params,
+                             'batch_stats': gen['batch_stats']}, d['z'],
+                            mutable=['batch_stats'])[0]
 
   @jax.jit
-  def grads(g_factor, s_factor):
-    return jax.grad(lambda p: losses.generator_loss(
-        p, bn_state, models.gen.apply, d['x'], d['z'], d['z1'], d['x1'],
-        g_factor, s_factor)[0])(gen['params'])
+  def both(params):
+    x0, pullback = jax.vjp(g, params)
+    d_x0 = jax.grad(lambda x: losses.x_teaching_loss(x, d['x1'], 50.0)[0])(
+        x0)
+    direct = jax.grad(lambda p: losses.x_teaching_loss(g(p), d['x1'],
+                                                       50.0)[0])(params)
+    return pullback(d_x0)[0], direct
 
-  both, rec_only, teach_only = grads(1.0, 50.0), grads(1.0, 0.0), grads(
-      0.0, 50.0)
-  # Linear in the two weights, and neither term is gradient-free.
-  jax.tree.map(
-      lambda a, b, c: np.testing.assert_allclose(a, b + c, rtol=1e-4,
-                                                 atol=1e-5),
-      both, rec_only, teach_only)
-  for g in (rec_only, teach_only):
-    assert max(float(jnp.max(jnp.abs(l))) for l in jax.tree.leaves(g)) > 0
+  via_vjp, direct = both(gen['params'])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                       atol=1e-7),
+               via_vjp, direct)
+  assert max(float(jnp.max(jnp.abs(l))) for l in jax.tree.leaves(direct)) > 0
 
 
 def test_inference_loss_by_hand(tiny):
@@ -134,13 +139,13 @@ def test_ebm_loss_value_and_gradient_by_hand(tiny):
   ebm = variables['ebm']
   sn_state = {'batch_stats': ebm['batch_stats']}
   temperature = losses.ebm_temperature(0.5, 0.001, True)
-  fn = lambda p: losses.ebm_loss(p, sn_state, models.ebm.apply, d['x'],
-                                 d['x1'], temperature)
+  fn = lambda p: losses.ebm_loss(p, sn_state, sn_state, models.ebm.apply,
+                                 d['x'], d['x1'], temperature)
   (loss, (new_state, metrics)), grads = jax.jit(jax.value_and_grad(
       fn, has_aux=True))(ebm['params'])
 
-  # Positives first (one power iteration), then negatives with the updated
-  # spectral-norm vectors.
+  # Each pass starts from the state it is given (here the same one) and
+  # runs one power iteration; the loss returns the negatives' new state.
   def mean_energy(params, state, x):
     e, vs = models.ebm.apply({'params': params, **state}, x,
                              update_stats=True, mutable=['batch_stats'])
@@ -148,7 +153,7 @@ def test_ebm_loss_value_and_gradient_by_hand(tiny):
 
   grad_fn = jax.jit(jax.value_and_grad(mean_energy, has_aux=True))
   (e_pos, state_pos), g_pos = grad_fn(ebm['params'], sn_state, d['x'])
-  (e_neg, state_neg), g_neg = grad_fn(ebm['params'], state_pos, d['x1'])
+  (e_neg, state_neg), g_neg = grad_fn(ebm['params'], sn_state, d['x1'])
   np.testing.assert_allclose(
       loss, (float(e_pos) - float(e_neg)) / 4e-6, rtol=1e-4, atol=1e-2)
   np.testing.assert_allclose(metrics['energy_data'], e_pos, rtol=1e-6)

@@ -12,9 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dual_mcmc_jax import config_checks
 from dual_mcmc_jax import langevin
 from dual_mcmc_jax import losses
+from dual_mcmc_jax import remedies
+from dual_mcmc_jax import settings as settings_lib
 from dual_mcmc_jax import toy2d
 from dual_mcmc_jax import train_state as ts
 from dual_mcmc_jax import train_step as tstep
@@ -37,12 +38,20 @@ def _mixture_energy(x, aux):
 
 
 def _chains(jump_std: float, steps: int = 400, n: int = 4000):
-  settings = langevin.LangevinSettings(steps=steps, step_size=0.01,
+  settings = settings_lib.XChainSettings(steps=steps, step_size=0.01,
                                        rule='paper', jump_std=jump_std)
   x0 = jnp.tile(jnp.asarray(_CENTRES[:1], jnp.float32), (n, 1))
+  temperature = langevin.temperature(settings)
+
+  def jump(i, x, aux, key):
+    del i
+    return remedies.metropolis_jump(_mixture_energies, x, aux,
+                                    jax.random.fold_in(key, 1), jump_std,
+                                    temperature)
+
+  then = jump if jump_std > 0 else langevin.unchanged
   x, _, _ = jax.jit(lambda k: langevin.langevin(
-      _mixture_energy, x0, k, settings, energies_fn=_mixture_energies))(
-          jax.random.key(0))
+      _mixture_energy, x0, k, settings, then=then))(jax.random.key(0))
   return np.asarray(x)
 
 
@@ -63,7 +72,7 @@ def test_metropolis_jumps_find_the_true_mode_weights():
 def test_metropolis_jump_acceptance_by_hand():
   x = jnp.asarray([[-2.0, 0.0], [2.0, 0.0]], jnp.float32)
   key = jax.random.key(3)
-  got = langevin.metropolis_jump(_mixture_energies, x, None, key, 1.5, 1.0)
+  got = remedies.metropolis_jump(_mixture_energies, x, None, key, 1.5, 1.0)
   k_prop, k_accept = jax.random.split(key)
   proposal = x + 1.5 * jax.random.normal(k_prop, x.shape)
   ratio = _mixture_energies(x, None) - _mixture_energies(proposal, None)
@@ -71,21 +80,14 @@ def test_metropolis_jump_acceptance_by_hand():
   np.testing.assert_array_equal(got, jnp.where(accept[:, None], proposal, x))
 
 
-def test_jumps_need_per_example_energies():
-  settings = langevin.LangevinSettings(steps=2, step_size=0.01, rule='paper',
-                                       jump_std=1.0)
-  with pytest.raises(ValueError, match='per-example energies'):
-    langevin.langevin(_mixture_energy, jnp.zeros((2, 2)), jax.random.key(0),
-                      settings)
-
-
 def test_energy_penalty_adds_squared_energies():
   apply = lambda variables, x, update_stats, mutable: (
       jnp.sum(x, axis=-1) * variables['params']['w'], {})
   x, x_neg = jnp.ones((4, 2)), 2 * jnp.ones((4, 2))
   params = {'w': jnp.asarray(1.5)}
-  plain, _ = losses.ebm_loss(params, {}, apply, x, x_neg, 2.0)
-  penalised, _ = losses.ebm_loss(params, {}, apply, x, x_neg, 2.0, 0.1)
+  plain, _ = losses.ebm_loss(params, {}, {}, apply, x, x_neg, 2.0)
+  penalised, _ = losses.ebm_loss(params, {}, {}, apply, x, x_neg, 2.0,
+                                 (remedies.energy_penalty(0.1),))
   assert float(plain) == pytest.approx((3.0 - 6.0) / 2.0)
   assert float(penalised) == pytest.approx(-1.5 + 0.1 * (9.0 + 36.0))
 
@@ -99,7 +101,7 @@ def _run(config, steps=2):
   models = ts.create_models(config)
   optimizers = ts.create_optimizers(config.optim, 100)
   state = ts.create_train_state(models, optimizers, 0,
-                                ts.replay_spec(config))
+                                ts.replay_spec(config.training))
   step = jax.jit(tstep.make_train_step(config, models, optimizers))
   batch = jnp.asarray(toy2d.sample('8gaussians', 16,
                                    np.random.default_rng(0)))
@@ -143,14 +145,14 @@ def test_remedies_need_the_negative_chain():
   # jumps and never uses the buffer: the switches would do nothing.
   config = _toy(second_x_chain=False)
   config.langevin_x.jump_std = 0.0
-  config_checks.validate(config)
+  settings_lib.from_config(config)
   for group, field, value in (('langevin_x', 'jump_std', 1.5),
                               ('training', 'replay_buffer_size', 8)):
     bad = _toy(second_x_chain=False)
     bad.langevin_x.jump_std = 0.0
     bad[group][field] = value
     with pytest.raises(ValueError, match='second_x_chain=False removes'):
-      config_checks.validate(bad)
+      settings_lib.from_config(bad)
 
 
 @pytest.mark.parametrize('field,value,match', [
@@ -162,5 +164,5 @@ def test_remedies_need_the_negative_chain():
 ])
 def test_bad_remedy_settings_are_one_line_errors(field, value, match):
   with pytest.raises(ValueError, match=match) as info:
-    config_checks.validate(_toy(**{field: value}))
+    settings_lib.from_config(_toy(**{field: value}))
   assert '\n' not in str(info.value)

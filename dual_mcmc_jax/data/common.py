@@ -17,8 +17,8 @@ hours later.
 
 from collections.abc import Callable, Iterator
 import dataclasses
+from typing import Any
 
-import ml_collections
 import numpy as np
 
 # npz and image_folder have no held-out data: both names mean every example.
@@ -39,7 +39,16 @@ class DatasetInfo:
   shape: tuple[int, ...]
 
 
-Config = ml_collections.ConfigDict
+# An experiment config: the `Settings` read from it (settings.py), or the
+# ConfigDict itself; the input pipeline reads its fields by name.
+Config = Any
+
+
+def group_dict(group: Any) -> dict[str, Any]:
+  """A config group (a settings dataclass or a ConfigDict) as a dict."""
+  if dataclasses.is_dataclass(group):
+    return dataclasses.asdict(group)
+  return group.to_dict()
 
 
 @dataclasses.dataclass(frozen=True)

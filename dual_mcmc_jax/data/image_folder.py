@@ -239,7 +239,7 @@ def _report(folder, paths, skipped, num_kept, start_time) -> None:
 
 def _load(config: common.Config, split: str) -> np.ndarray:
   """The config's image folder as uint8 [N, S, S, C]; both splits are all."""
-  folder = config.data.get('image_folder')
+  folder = config.data.image_folder
   if not folder:
     raise ValueError(
         'config.data.image_folder must be set for'
@@ -252,8 +252,8 @@ def _load(config: common.Config, split: str) -> np.ndarray:
       folder,
       int(config.data.image_size),
       int(config.data.num_channels),
-      skip_unreadable=bool(config.data.get('skip_unreadable', True)),
-      num_workers=config.data.get('num_load_workers') or None,
+      skip_unreadable=bool(config.data.skip_unreadable),
+      num_workers=config.data.num_load_workers or None,
   ).images
 
 

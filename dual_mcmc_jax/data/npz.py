@@ -99,7 +99,7 @@ def load_npz(config: common.Config) -> np.ndarray:
   if data.size == 0:
     raise ValueError(f'{where} is empty (shape {data.shape}).')
   common.check_finite(data, f'config.data.npz_path={path}: array {key!r}')
-  arch = config.model.get('arch') if 'model' in config else None
+  arch = config.model.arch
   if arch != 'mlp':
     return _images(data, config, where)
   if data.ndim != 2 or not np.issubdtype(data.dtype, np.floating):

@@ -99,10 +99,9 @@ class Store:
 
   def get(self, config: common.Config, split: str,
           load: Callable[[], np.ndarray]) -> np.ndarray:
-    model = config.get('model', {})
-    training = config.get('training', {})
-    key = (split, json.dumps([config.data.to_dict(), model.get('arch'),
-                              training.get('seed')], sort_keys=True,
+    key = (split, json.dumps([common.group_dict(config.data),
+                              config.model.arch, config.training.seed],
+                             sort_keys=True,
                              default=repr))
     if key not in self._arrays:
       self._arrays[key] = load()

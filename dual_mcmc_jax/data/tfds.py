@@ -221,7 +221,7 @@ def _manual_dir(config: common.Config, root: pathlib.Path) -> pathlib.Path:
   """The directory TFDS builds manual datasets from."""
   # TFDS's default when no DownloadConfig.manual_dir is given.
   return pathlib.Path(
-      config.data.get('manual_dir') or root / 'downloads' / 'manual'
+      config.data.manual_dir or root / 'downloads' / 'manual'
   )
 
 
@@ -267,7 +267,7 @@ def _tfds_dataset(config: common.Config, split: str):
           download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
       )
       return _open_split(config, builder, split)
-  elif config.data.get('download', False):
+  elif config.data.download:
     _download(config, builder, root)
     return _open_split(config, builder, split)
   raise _not_prepared_error(config, builder, root) from not_prepared
@@ -320,7 +320,7 @@ def _not_prepared_error(
 
 def _train_split(config: common.Config) -> str:
   # Optional field: e.g. 'train+validation+test' trains on all of CelebA.
-  return config.data.get('train_split', 'train')
+  return config.data.train_split
 
 
 def _info(config: common.Config) -> common.DatasetInfo:

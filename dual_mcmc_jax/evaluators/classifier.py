@@ -54,7 +54,6 @@ import math
 from typing import Any, Iterator
 
 import jax
-import ml_collections
 import numpy as np
 
 from dual_mcmc_jax import data
@@ -189,7 +188,7 @@ class Evaluator:
   Markdown 'table' and the pictures '<set>/by_class'.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str,
+  def __init__(self, config: common.Settings, workdir: str,
                models: networks.Models, mesh: jax.sharding.Mesh):
     del workdir
     common.require_images(models, 'Classifier-based sample quality')
@@ -197,7 +196,7 @@ class Evaluator:
       raise common.EvaluatorUnavailable(
           'classifier-based sample quality needs labelled data; it runs on '
           f"config.data.dataset='digits', not {config.data.dataset!r}")
-    self.config = config
+    self.config = config = common.settings_of(config)
     self.models = models
     self.mesh = mesh
     self.batch_size = common.eval_batch_size(config)

@@ -10,23 +10,27 @@ An evaluator that cannot run at all raises `EvaluatorUnavailable`.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from typing import Any, Callable, Iterator
 
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from dual_mcmc_jax import config_checks
 from dual_mcmc_jax import data
-from dual_mcmc_jax import langevin
 from dual_mcmc_jax import networks
 from dual_mcmc_jax import sampling
+from dual_mcmc_jax import settings as settings_lib
 from dual_mcmc_jax import sharding
 from dual_mcmc_jax import train_state as ts
+
+Settings = settings_lib.Settings
+
+
+def settings_of(config: Any) -> Settings:
+  """An evaluator's config as settings (a ConfigDict is read once here)."""
+  return settings_lib.from_config(config)
 
 Array = jax.Array
 
@@ -54,21 +58,20 @@ def num_or_all(n: int) -> int | None:
   return int(n) if int(n) > 0 else None
 
 
-def eval_batch_size(config: ml_collections.ConfigDict) -> int:
+def eval_batch_size(config: Settings) -> int:
   """config.eval.batch_size, checked against the device count."""
-  b = int(config.eval.batch_size)
-  config_checks.check_divisible(b, 'eval.batch_size', jax.device_count(),
-                                'devices')
+  b = config.eval.batch_size
+  settings_lib.check_divisible(b, 'eval.batch_size', jax.device_count(),
+                               'devices')
   return b
 
 
-def eval_x_settings(config: ml_collections.ConfigDict
-                    ) -> langevin.LangevinSettings:
+def eval_x_settings(config: Settings) -> settings_lib.ChainSettings:
   """The evaluation x-sampler (reference task_fid.py: 70 steps, 0.4, 0.001)."""
   ev = config.eval
-  return langevin.LangevinSettings(
-      steps=int(ev.langevin_steps), step_size=float(ev.langevin_step_size),
-      noise=float(ev.langevin_noise), rule=str(config.langevin_x.rule))
+  return settings_lib.ChainSettings(
+      steps=ev.langevin_steps, step_size=ev.langevin_step_size,
+      noise=ev.langevin_noise, rule=config.langevin_x.rule)
 
 
 def require_images(models: networks.Models, what: str) -> None:
@@ -111,15 +114,11 @@ def shard_global(batch: np.ndarray, mesh: jax.sharding.Mesh) -> Array:
   return sharding.shard_batch(batch[start:start + per_host], mesh)
 
 
-def dataset_config(config: ml_collections.ConfigDict, dataset: str,
-                   **data_fields: Any) -> ml_collections.ConfigDict:
-  """A copy of `config` whose `data` group reads another dataset."""
-  cfg = copy.deepcopy(config)
-  with cfg.unlocked():
-    cfg.data.dataset = dataset
-    for k, v in data_fields.items():
-      cfg.data[k] = v
-  return cfg
+def dataset_config(config: Settings, dataset: str,
+                   **data_fields: Any) -> Settings:
+  """`config` with a `data` group that reads another dataset."""
+  return config.replace(data=dataclasses.replace(
+      config.data, dataset=dataset, **data_fields))
 
 
 # Errors of the input pipeline that mean "not available here" (a dataset not
@@ -128,7 +127,7 @@ def dataset_config(config: ml_collections.ConfigDict, dataset: str,
 _UNAVAILABLE_ERRORS = (FileNotFoundError, ImportError, ValueError)
 
 
-def eval_batches(config: ml_collections.ConfigDict, split: str,
+def eval_batches(config: Settings, split: str,
                  batch_size: int, limit: int | None = None,
                  what: str | None = None) -> Iterator[np.ndarray]:
   """Ordered batches of a split, at most `limit` examples in all.
@@ -176,7 +175,7 @@ def check_image_shape(batch: np.ndarray, shape: tuple[int, ...],
                                f'{tuple(shape)}')
 
 
-def make_sampler(config: ml_collections.ConfigDict, models: networks.Models,
+def make_sampler(config: Settings, models: networks.Models,
                  mesh: jax.sharding.Mesh, batch_size: int
                  ) -> Callable[[ts.TrainState, Array], tuple[Array, Array]]:
   """Jitted `sample(state, key) -> (generator samples, EBM-revised samples)`.

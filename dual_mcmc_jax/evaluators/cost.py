@@ -20,15 +20,15 @@ import time
 from typing import Any, Iterator
 
 import jax
-import ml_collections
 
 from dual_mcmc_jax import experiment
 from dual_mcmc_jax import data
 from dual_mcmc_jax import networks
+from dual_mcmc_jax import settings as settings_lib
 from dual_mcmc_jax import train_state as ts
 
 
-def _steps_per_epoch(config: ml_collections.ConfigDict, batch_size: int) -> int:
+def _steps_per_epoch(config: settings_lib.Settings, batch_size: int) -> int:
   """Training's learning-rate schedule length, or 1 without the dataset.
 
   The schedule does not change the cost of a step; matching training's
@@ -42,7 +42,7 @@ def _steps_per_epoch(config: ml_collections.ConfigDict, batch_size: int) -> int:
   return max(info.num_train_examples // batch_size, 1)
 
 
-def time_train_step(config: ml_collections.ConfigDict,
+def time_train_step(config: settings_lib.Settings,
                     mesh: jax.sharding.Mesh, warmup_steps: int,
                     steps: int) -> float:
   """Mean wall-clock seconds of one compiled training iteration.
@@ -84,10 +84,10 @@ class Evaluator:
   'batch_size', 'num_devices' and a Markdown 'table' like the paper's Table 4.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str,
+  def __init__(self, config: settings_lib.Settings, workdir: str,
                models: networks.Models, mesh: jax.sharding.Mesh):
     del workdir
-    self.config = config
+    self.config = config = settings_lib.from_config(config)
     self.models = models
     self.mesh = mesh
 

@@ -45,7 +45,6 @@ import urllib.request
 from absl import logging
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import scipy.linalg
 
@@ -259,7 +258,7 @@ def _check_download(path: str, url: str) -> None:
 
 
 
-def resolve_weights(config: ml_collections.ConfigDict) -> str:
+def resolve_weights(config: common.Settings) -> str:
   """Path of the Inception weights: configured, cached, or downloaded.
 
   Raises:
@@ -269,19 +268,19 @@ def resolve_weights(config: ml_collections.ConfigDict) -> str:
   hint = ('FID needs the Inception weights: set config.eval.inception_weights '
           "to pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or an .npz "
           'from scripts/convert_inception_weights.py)')
-  path = ev.get('inception_weights')
+  path = ev.inception_weights
   if path:
     path = os.path.expanduser(path)
     if not os.path.exists(path):
       raise common.EvaluatorUnavailable(
           f'config.eval.inception_weights={path!r} does not exist; {hint}')
     return path
-  url = ev.get('inception_url')
+  url = ev.inception_url
   if not url:
     raise common.EvaluatorUnavailable(
         f'{hint}; config.eval.inception_url is empty, so nothing is '
         'downloaded')
-  cache = os.path.expanduser(ev.get('inception_cache_dir') or
+  cache = os.path.expanduser(ev.inception_cache_dir or
                              '~/.cache/dual_mcmc_jax')
   target = os.path.join(cache, os.path.basename(url))
   if os.path.exists(target):
@@ -302,7 +301,7 @@ def resolve_weights(config: ml_collections.ConfigDict) -> str:
   return target
 
 
-def load_inception(config: ml_collections.ConfigDict
+def load_inception(config: common.Settings
                    ) -> tuple[dict[str, Any], str]:
   """(Flax variables, weights path) of the FID Inception for `config`."""
   path = resolve_weights(config)
@@ -344,10 +343,10 @@ class Evaluator:
   Yields 'generator' and 'ebm_revised' (the FIDs) and 'num_samples'.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str,
+  def __init__(self, config: common.Settings, workdir: str,
                models: networks.Models, mesh: jax.sharding.Mesh):
     common.require_images(models, 'FID')
-    self.config = config
+    self.config = config = common.settings_of(config)
     self.workdir = workdir
     self.models = models
     self.mesh = mesh
@@ -374,11 +373,11 @@ class Evaluator:
         'num_channels': int(cfg.data.num_channels), 'split': split,
         'num_images': limit or 'all', 'inception': self.weights_id,
         # The fields that decide which images the split holds.
-        'data': {k: cfg.data.get(k) for k in _DATA_IDENTITY_FIELDS},
+        'data': {k: getattr(cfg.data, k) for k in _DATA_IDENTITY_FIELDS},
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str)
                             .encode()).hexdigest()[:10]
-    stats_dir = ev.get('stats_dir') or os.path.join(self.workdir, 'fid_stats')
+    stats_dir = ev.stats_dir or os.path.join(self.workdir, 'fid_stats')
     name = (f'{cfg.data.dataset}_{cfg.data.image_size}px_'
             f'{re.sub(r"[^A-Za-z0-9]+", "-", split)}_{limit or "all"}_'
             f'{digest}.npz')
@@ -387,7 +386,7 @@ class Evaluator:
   def reference_statistics(self) -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) of the reference split; computed once, then cached."""
     ev = self.config.eval
-    given = ev.get('fid_reference_stats')
+    given = ev.fid_reference_stats
     if given:
       with np.load(os.path.expanduser(given)) as f:
         return f['mu'], f['sigma']

@@ -53,10 +53,8 @@ from typing import Any, Callable, Iterator
 import dm_pix as pix
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from dual_mcmc_jax import langevin
 from dual_mcmc_jax import networks
 from dual_mcmc_jax import sampling
 from dual_mcmc_jax import sharding
@@ -141,7 +139,7 @@ def psnr_ssim(x: Array, recovery: Array) -> tuple[Array, Array]:
   return pix.psnr(target, unit), pix.ssim(target, unit)
 
 
-def make_recover_fn(config: ml_collections.ConfigDict,
+def make_recover_fn(config: common.Settings,
                     models: networks.Models
                     ) -> Callable[[ts.TrainState, Array, Array, Array],
                                   dict[str, Array]]:
@@ -157,12 +155,11 @@ def make_recover_fn(config: ml_collections.ConfigDict,
     ([B, H, W, C]) and '<pipeline>/psnr', '<pipeline>/ssim' ([B]).
   """
   ev = config.eval
-  lz = langevin.LangevinSettings.from_config(config.langevin_z)
-  lx = langevin.LangevinSettings.from_config(config.langevin_x)
-  if int(ev.inpainting_z_steps) > 0:
-    lz = dataclasses.replace(lz, steps=int(ev.inpainting_z_steps))
-  if int(ev.inpainting_x_steps) > 0:
-    lx = dataclasses.replace(lx, steps=int(ev.inpainting_x_steps))
+  lz, lx = config.langevin_z, config.langevin_x
+  if ev.inpainting_z_steps > 0:
+    lz = dataclasses.replace(lz, steps=ev.inpainting_z_steps)
+  if ev.inpainting_x_steps > 0:
+    lx = dataclasses.replace(lx, steps=ev.inpainting_x_steps)
   sigma, prior_sigma = float(config.loss.sigma), float(config.loss.prior_sigma)
   fill = float(ev.inpainting_fill_value)
   paste = bool(ev.inpainting_paste_observed)
@@ -224,11 +221,11 @@ class Evaluator:
   'table' and the 'grid' picture.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str,
+  def __init__(self, config: common.Settings, workdir: str,
                models: networks.Models, mesh: jax.sharding.Mesh):
     del workdir
     common.require_images(models, 'Inpainting')
-    self.config = config
+    self.config = config = common.settings_of(config)
     self.models = models
     self.mesh = mesh
     self.batch_size = common.eval_batch_size(config)

@@ -34,7 +34,6 @@ import os
 from typing import Any, Callable, Iterator
 
 import jax
-import ml_collections
 import numpy as np
 from sklearn import metrics as sk_metrics
 
@@ -124,11 +123,11 @@ class Evaluator:
   each set that cannot be read here.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str,
+  def __init__(self, config: common.Settings, workdir: str,
                models: networks.Models, mesh: jax.sharding.Mesh):
     del workdir
     common.require_images(models, 'OOD detection')
-    self.config = config
+    self.config = config = common.settings_of(config)
     self.models = models
     self.mesh = mesh
     self.batch_size = common.eval_batch_size(config)
@@ -170,7 +169,7 @@ class Evaluator:
       cfg = common.dataset_config(self.config, ood.value)
     return self._open(cfg, what)
 
-  def _open(self, cfg: ml_collections.ConfigDict,
+  def _open(self, cfg: common.Settings,
             what: str) -> Iterator[np.ndarray]:
     if cfg.data.dataset in _WHOLE_SPLIT_SOURCES:
       # These sources hold one split, the whole file or folder, which older

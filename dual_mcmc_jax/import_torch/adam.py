@@ -14,9 +14,9 @@ from typing import Any, Mapping
 
 from absl import logging
 from flax import traverse_util
-import ml_collections
 import numpy as np
 
+from dual_mcmc_jax import settings as settings_lib
 from dual_mcmc_jax.import_torch import names
 from dual_mcmc_jax.import_torch.names import CheckpointMismatchError
 
@@ -60,11 +60,11 @@ def _check_moment_shapes(where: str, param: str, entry: Mapping[str, Any],
 
 
 def _warn_on_hyper_parameters(opt: str, groups: list[Mapping[str, Any]],
-                              o: ml_collections.ConfigDict) -> None:
+                              o: settings_lib.OptimSettings) -> None:
   """Logs each Adam hyper-parameter of the checkpoint the config differs in."""
   which = {'optG': 'g', 'optE': 'e', 'optI': 'i'}[opt]
   expected = {'betas': (float(o.beta1), float(o.beta2)), 'eps': float(o.eps),
-              'weight_decay': float(o[f'wd_{which}'])}
+              'weight_decay': float(getattr(o, f'wd_{which}'))}
   for g in groups:
     for name, want in expected.items():
       if name not in g:
@@ -78,7 +78,7 @@ def _warn_on_hyper_parameters(opt: str, groups: list[Mapping[str, Any]],
 def map_adam_state(net: str, opt: str, optimizer_state: Mapping[str, Any],
                    state_dict: names.NumpyStateDict,
                    variables: Mapping[str, Any],
-                   config_optim: ml_collections.ConfigDict | None = None
+                   config_optim: settings_lib.OptimSettings | None = None
                    ) -> AdamMoments | None:
   """Maps a `torch.optim.Adam` state dict onto optax's `scale_by_adam` state.
 

@@ -13,24 +13,24 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from flax import traverse_util
-import ml_collections
 import numpy as np
 
+from dual_mcmc_jax import settings as settings_lib
 from dual_mcmc_jax.import_torch import names
 from dual_mcmc_jax.import_torch.names import CheckpointMismatchError
 
 
-def _width_hint(net: str, key: str, config: ml_collections.ConfigDict) -> str:
+def _width_hint(net: str, key: str, config: settings_lib.Settings) -> str:
   """The config fields that set the shape of `net.key`, as 'f=v' text."""
   m = config.model
   fields = {'netG': ['ngf'], 'netE': ['nef'], 'netI': ['nif']}[net]
   if (net == 'netG' and key.startswith('lin_1.')) or (
       net == 'netI' and key.split('.')[0] in ('conv51', 'conv52')):
     fields.append('nz')
-  return ', '.join(f'config.model.{f}={m[f]}' for f in fields)
+  return ', '.join(f'config.model.{f}={getattr(m, f)}' for f in fields)
 
 
-def _layout_hint(net: str, config: ml_collections.ConfigDict) -> str:
+def _layout_hint(net: str, config: settings_lib.Settings) -> str:
   """The config fields that decide which tensors `net` has."""
   hint = (f'config.model.resnet_style={config.model.resnet_style!r} at '
           f'config.data.image_size={config.data.image_size}')
@@ -57,7 +57,7 @@ def _ignored_key_shape(key: str, slots: Mapping[str, names.Slot]
 
 def _check_present_keys(net: str, state_dict: names.NumpyStateDict,
                         slots: Mapping[str, names.Slot],
-                        config: ml_collections.ConfigDict) -> None:
+                        config: settings_lib.Settings) -> None:
   """Every tensor of the checkpoint has a slot (or is ignorable) and fits."""
   for key, value in state_dict.items():
     shape = names.shape_of(value)
@@ -78,7 +78,7 @@ def _check_present_keys(net: str, state_dict: names.NumpyStateDict,
 
 def _check_no_missing_keys(net: str, state_dict: names.NumpyStateDict,
                            slots: Mapping[str, names.Slot],
-                           config: ml_collections.ConfigDict) -> None:
+                           config: settings_lib.Settings) -> None:
   """Every slot of the model is filled by the checkpoint."""
   for key, slot in slots.items():
     if key not in state_dict:
@@ -90,7 +90,7 @@ def _check_no_missing_keys(net: str, state_dict: names.NumpyStateDict,
 
 def map_state_dict(net: str, state_dict: names.NumpyStateDict,
                    abstract_variables: Mapping[str, Any],
-                   config: ml_collections.ConfigDict,
+                   config: settings_lib.Settings,
                    collections: tuple[str, ...] = ('params', 'batch_stats')
                    ) -> dict[str, Any]:
   """Validates one net's PyTorch state dict and maps it to Flax variables.

@@ -14,18 +14,21 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 import orbax.checkpoint as ocp
 
 from dual_mcmc_jax import checkpointing
 from dual_mcmc_jax import networks
+from dual_mcmc_jax import settings as settings_lib
 from dual_mcmc_jax import train_state as ts
 from dual_mcmc_jax.import_torch import adam
 from dual_mcmc_jax.import_torch import checks
 from dual_mcmc_jax.import_torch import pth
 from dual_mcmc_jax.import_torch.names import CheckpointMismatchError
 from dual_mcmc_jax.import_torch.names import NETS
+
+# A ConfigDict, or the `Settings` read from one.
+Config = Any
 
 
 def abstract_variables(models: networks.Models) -> dict[str, Any]:
@@ -41,7 +44,7 @@ def abstract_variables(models: networks.Models) -> dict[str, Any]:
                         jax.random.key(0))
 
 
-def _check_config(config: ml_collections.ConfigDict) -> None:
+def _check_config(config: Config) -> None:
   if config.model.arch != 'resnet':
     raise CheckpointMismatchError(
         f'config.model.arch={config.model.arch!r}: only the reference '
@@ -57,7 +60,7 @@ def _net_entry(checkpoint: Mapping[str, Any], name: str) -> Mapping[str, Any]:
   return entry
 
 
-def map_networks(config: ml_collections.ConfigDict,
+def map_networks(config: Config,
                  checkpoint: Mapping[str, Any]
                  ) -> tuple[networks.Models, dict[str, dict[str, Any]]]:
   """Validates and maps netG / netE / netI of a checkpoint.
@@ -73,6 +76,7 @@ def map_networks(config: ml_collections.ConfigDict,
   Raises:
     CheckpointMismatchError: naming the first tensor that does not fit.
   """
+  config = settings_lib.from_config(config)
   _check_config(config)
   models = ts.create_models(config)
   shapes = abstract_variables(models)
@@ -83,7 +87,7 @@ def map_networks(config: ml_collections.ConfigDict,
   return models, variables
 
 
-def map_optimizers(config: ml_collections.ConfigDict,
+def map_optimizers(config: Config,
                    checkpoint: Mapping[str, Any],
                    variables: Mapping[str, Mapping[str, Any]]
                    ) -> dict[str, adam.AdamMoments | None]:
@@ -101,6 +105,7 @@ def map_optimizers(config: ml_collections.ConfigDict,
   Raises:
     CheckpointMismatchError: an optimiser does not fit its net.
   """
+  config = settings_lib.from_config(config)
   out = {}
   for net, name, opt in NETS:
     entry = checkpoint.get(opt)
@@ -129,7 +134,7 @@ def _set_adam(opt_state: Any, moments: adam.AdamMoments | None,
       s, (optax.ScaleByAdamState, optax.ScaleByScheduleState)))
 
 
-def build_train_state(config: ml_collections.ConfigDict,
+def build_train_state(config: Config,
                       variables: Mapping[str, Mapping[str, Any]],
                       moments: Mapping[str, adam.AdamMoments | None],
                       step: int) -> ts.TrainState:
@@ -145,6 +150,7 @@ def build_train_state(config: ml_collections.ConfigDict,
     The state, with the structure `checkpointing.restore_or_create_state`
     expects and the base key of a fresh run with `config.training.seed`.
   """
+  config = settings_lib.from_config(config)
   # The optimiser state's structure does not depend on the schedule length.
   optimizers = ts.create_optimizers(config.optim, steps_per_epoch=1)
   state = ts.train_state_from_variables(
@@ -175,7 +181,7 @@ def check_workdir_free(workdir: str) -> None:
         'overwrite them: choose a new --workdir')
 
 
-def import_checkpoint(config: ml_collections.ConfigDict,
+def import_checkpoint(config: Config,
                       checkpoint: Mapping[str, Any], workdir: str,
                       step: int | None = None) -> ts.TrainState:
   """Validates, maps and writes a reference checkpoint as an orbax one.
@@ -197,6 +203,7 @@ def import_checkpoint(config: ml_collections.ConfigDict,
       is written).
     FileExistsError: the workdir already holds checkpoints.
   """
+  config = settings_lib.from_config(config)
   check_workdir_free(workdir)
   _, variables = map_networks(config, checkpoint)
   moments = map_optimizers(config, checkpoint, variables)
@@ -211,7 +218,7 @@ def import_checkpoint(config: ml_collections.ConfigDict,
   return state
 
 
-def import_file(config: ml_collections.ConfigDict, path: str, workdir: str,
+def import_file(config: Config, path: str, workdir: str,
                 step: int | None = None) -> str:
   """Reads a `.pth` file, imports it into `workdir`; returns a summary line.
 
@@ -229,6 +236,7 @@ def import_file(config: ml_collections.ConfigDict, path: str, workdir: str,
     CheckpointMismatchError, FileExistsError, FileNotFoundError, ValueError:
       nothing was written.
   """
+  config = settings_lib.from_config(config)
   check_workdir_free(workdir)  # Before reading a possibly large file.
   checkpoint = pth.read_torch_checkpoint(path)
   state = import_checkpoint(config, checkpoint, workdir, step)

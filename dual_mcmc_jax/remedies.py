@@ -1,0 +1,152 @@
+"""Additions the reference does not have: switches on the EBM's negatives.
+
+Dual-MCMC teaching (the paper's Algorithm 1, `train_step.py`) gives the EBM
+negatives from a short x-chain started at generator samples. On densities
+with separated modes such a chain keeps the generator's share of each mode,
+and the benchmarks of `benchmarks/toy2d.py` try these remedies
+(docs/results.md measures each). All are off in the image configs; each is
+composed into the step when it is built, never branched in its body:
+
+* data negatives (`config.training.negative_chain_init='data'`): the chain
+  starts at the data batch (contrastive divergence);
+* a replay buffer (`training.replay_buffer_size`, `replay_fraction`): a share
+  of the chains continue from past negatives (Du & Mordatch, 2019);
+* long chains (`training.long_chains`, `long_chain_steps`): the first few
+  negatives run more steps;
+* Metropolis jumps (`langevin_x.jump_std`): a random-walk Metropolis step
+  after every Langevin step, so that a chain can change mode;
+* an energy penalty (`loss.energy_l2`): energy_l2 * (mean E(x)^2 +
+  mean E(x_neg)^2) joins the EBM loss (Du & Mordatch, 2019).
+
+A negative chain here is `chain(state, sn, x0, key) -> (x_neg, sn, info,
+state updates)`; the remedies wrap one, or replace its start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from dual_mcmc_jax import langevin
+from dual_mcmc_jax import losses
+from dual_mcmc_jax import networks
+from dual_mcmc_jax import sampling
+from dual_mcmc_jax import settings as settings_lib
+from dual_mcmc_jax import train_state as ts
+
+Array = jax.Array
+# chain(state, sn, x0, key) -> (x_neg, sn, info, {state field: new value}).
+Chain = Callable[[ts.TrainState, dict[str, Any], Array, Array],
+                 tuple[Array, dict[str, Any], langevin.ChainInfo,
+                       dict[str, Array]]]
+
+
+def metropolis_jump(energies_fn: Callable[[Array, Any], Array], x: Array,
+                    aux: Any, key: Array, std: float,
+                    temperature: float) -> Array:
+  """One Metropolis step with a Gaussian random-walk proposal of `std`.
+
+  Each example proposes x' = x + std * eps and moves there with probability
+  min(1, exp((E(x) - E(x')) / T)), which leaves exp(-E / T) exactly
+  invariant. With a proposal as wide as the gaps between modes, a chain can
+  change mode, which Langevin steps at a low temperature never do.
+
+  Args:
+    energies_fn: `(x, aux) -> per-example energies [B]`.
+    x: current points [B, ...].
+    aux: state the energy reads (not updated).
+    key: PRNG key.
+    std: proposal standard deviation.
+    temperature: T of the target exp(-E / T).
+
+  Returns:
+    The new points.
+  """
+  k_prop, k_accept = jax.random.split(key)
+  proposal = x + std * jax.random.normal(k_prop, x.shape, x.dtype)
+  log_ratio = (energies_fn(x, aux) - energies_fn(proposal, aux)) / temperature
+  log_u = jnp.log(jax.random.uniform(k_accept, log_ratio.shape))
+  accept = (log_u < log_ratio).reshape((-1,) + (1,) * (x.ndim - 1))
+  return jnp.where(accept, proposal, x)
+
+
+def jumps(models: networks.Models, params: Any,
+          chain: settings_lib.XChainSettings) -> langevin.Then:
+  """A chain's `then`: a `metropolis_jump` after every Langevin step."""
+  temperature = langevin.temperature(chain)
+
+  def energies(x, sn_state):
+    return models.ebm.apply({'params': params, **sn_state}, x,
+                            update_stats=False)
+
+  def then(i, x, aux, key):
+    del i
+    return metropolis_jump(energies, x, aux, jax.random.fold_in(key, 1),
+                           chain.jump_std, temperature)
+
+  return then
+
+
+def data_start(state: ts.TrainState, gen: ts.NetState, key: Array, *,
+               x: Array, z: Array | None, x1: Array | None
+               ) -> tuple[Array, ts.NetState]:
+  """Negative chains start at the data batch (contrastive divergence)."""
+  del state, z, x1, key
+  return x, gen
+
+
+def with_replay(chain: Chain, spec: ts.ReplaySpec) -> Chain:
+  """Continues a `replay.fraction` of the chains from the replay buffer.
+
+  The chains' ends are written back to the slots they came from, so the
+  buffer (a field of the train state) carries them to later steps.
+  """
+
+  def run(state, sn, x0, key):
+    k_slot, k_pick = jax.random.split(jax.random.fold_in(key, 2))
+    slots = jax.random.randint(k_slot, (x0.shape[0],), 0, spec.size)
+    pick = jax.random.uniform(k_pick, (x0.shape[0],)) < spec.fraction
+    pick = pick.reshape((-1,) + (1,) * (x0.ndim - 1))
+    x0 = jnp.where(pick, state.replay[slots], x0)
+    x_neg, sn, info, updates = chain(state, sn, x0, key)
+    return x_neg, sn, info, {**updates,
+                             'replay': state.replay.at[slots].set(x_neg)}
+
+  return run
+
+
+def with_long_chains(chain: Chain, models: networks.Models,
+                     settings: settings_lib.XChainSettings, count: int,
+                     extra_steps: int) -> Chain:
+  """Runs `extra_steps` more steps on the first `count` negatives."""
+  longer = dataclasses.replace(settings, steps=extra_steps)
+
+  def run(state, sn, x0, key):
+    x_neg, sn, info, updates = chain(state, sn, x0, key)
+    head, sn, _ = sampling.revise_x(
+        models, state.ebm.replace(state=sn), x_neg[:count],
+        jax.random.fold_in(key, 1), longer)
+    return x_neg.at[:count].set(head), sn, info, updates
+
+  return run
+
+
+def energy_penalty(weight: float) -> losses.EnergyTerm:
+  """weight * (mean E(x)^2 + mean E(x_neg)^2), an extra EBM loss term."""
+
+  def term(e_pos: Array, e_neg: Array) -> Array:
+    return weight * (jnp.mean(jnp.square(e_pos)) +
+                     jnp.mean(jnp.square(e_neg)))
+
+  return term
+
+
+def extra_ebm_terms(settings: settings_lib.Settings
+                    ) -> tuple[losses.EnergyTerm, ...]:
+  """The EBM loss terms the remedies add (none in the reference)."""
+  if settings.loss.energy_l2 > 0:
+    return (energy_penalty(settings.loss.energy_l2),)
+  return ()
