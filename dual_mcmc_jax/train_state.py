@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dual_mcmc_jax import cpu
 from dual_mcmc_jax import networks
 from dual_mcmc_jax import settings as settings_lib
 
@@ -37,8 +38,6 @@ Array = jax.Array
 Dtype = Any
 
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-# The interim mapping of the CPU plug-in's switch onto the nets' conv rule.
-_CONV_RULE = {'auto': 'auto', 'on': 'forward_conv', 'off': 'xla'}
 
 
 def create_models(settings: settings_lib.Settings | Any,
@@ -52,7 +51,8 @@ def create_models(settings: settings_lib.Settings | Any,
       to `settings.training.compute_dtype`.
 
   Returns:
-    A `Models` holding the EBM, generator and inference modules.
+    A `Models` holding the EBM, generator and inference modules, their
+    convolutions those of the backend `training.cpu_plugin` chooses.
   """
   settings = settings_lib.from_config(settings)
   if dtype is None:
@@ -66,23 +66,21 @@ def create_models(settings: settings_lib.Settings | Any,
         gen=networks.MlpGenerator(dim, m.mlp_hidden, m.mlp_layers, dtype),
         inf=networks.MlpInference(m.nz, m.mlp_hidden, m.mlp_layers, dtype),
         data_shape=(dim,), nz=m.nz)
-  grad = _CONV_RULE[settings.training.cpu_plugin]
   size, channels = d.image_size, d.num_channels
+  conv = dict(ops=cpu.compute_for(settings.training.cpu_plugin).conv_ops,
+              dtype=dtype)
   shape = (size, size, channels)
   if m.arch == 'simple':
     return networks.Models(
-        ebm=networks.SimpleEBM(m.nef, size, conv_input_grad=grad, dtype=dtype,
-                               **sn),
-        gen=networks.SimpleGenerator(m.nz, m.ngf, size, channels, grad, dtype),
-        inf=networks.SimpleInference(m.nz, m.nif, size, dtype),
+        ebm=networks.SimpleEBM(m.nef, size, **sn, **conv),
+        gen=networks.SimpleGenerator(m.nz, m.ngf, size, channels, **conv),
+        inf=networks.SimpleInference(m.nz, m.nif, size, **conv),
         data_shape=shape, nz=m.nz)
   style = m.resnet_style
   return networks.Models(
-      ebm=networks.ResEBM(m.nef, size, style, conv_input_grad=grad,
-                          dtype=dtype, **sn),
-      gen=networks.ResGenerator(m.nz, m.ngf, size, channels, style, grad,
-                                dtype),
-      inf=networks.ResInference(m.nz, m.nif, size, style, dtype),
+      ebm=networks.ResEBM(m.nef, size, style, **sn, **conv),
+      gen=networks.ResGenerator(m.nz, m.ngf, size, channels, style, **conv),
+      inf=networks.ResInference(m.nz, m.nif, size, style, **conv),
       data_shape=shape, nz=m.nz)
 
 

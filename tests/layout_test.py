@@ -10,6 +10,8 @@
 * Every citation is one a reader can open: no file names a private notes
   file as its source.
 * README.md stays short enough to read whole; details live in docs/.
+* Only the CPU plug-in (`dual_mcmc_jax/cpu/`) and the start-up module read
+  the backend, and only the plug-in's tests read compiled HLO text.
 """
 
 import ast
@@ -104,3 +106,20 @@ def test_readme_is_short_and_links_every_docs_page():
   assert len(readme.splitlines()) <= MAX_README_LINES
   for page in sorted((REPO / 'docs').glob('*.md')):
     assert f'docs/{page.name}' in readme, page.name
+
+
+def test_only_the_cpu_plug_in_and_start_up_read_the_backend():
+  allowed = {'dual_mcmc_jax/runtime.py'}
+  readers = [str(p.relative_to(REPO)) for p in _python_files('dual_mcmc_jax')
+             if 'default_backend' in p.read_text()
+             and p.parent.name != 'cpu'
+             and str(p.relative_to(REPO)) not in allowed]
+  assert not readers, readers
+
+
+def test_only_the_cpu_plug_in_tests_read_compiled_hlo():
+  readers = [p.name for p in sorted((REPO / 'tests').glob('*.py'))
+             if 'as_text()' in p.read_text() and p.name not in (
+                 'cpu_test.py', 'layout_test.py')]
+  assert not readers, readers
+

@@ -317,15 +317,15 @@ def test_power_iteration_normalises_top_singular_value(arch, style, size,
 
 
 class _SpectralNormalized(nn.Module):
-  """A bare kernel passed through `networks.spectral_normalize`."""
+  """A bare kernel divided by `networks.spectral_normalize`'s sigma."""
   shape: tuple[int, ...]
   n_steps: int
 
   @nn.compact
   def __call__(self, update_stats: bool) -> jax.Array:
     kernel = self.param('kernel', networks.xavier_normal, self.shape)
-    return networks.spectral_normalize(self, kernel, update_stats,
-                                       self.n_steps)
+    return kernel / networks.spectral_normalize(self, kernel, update_stats,
+                                                self.n_steps)
 
 
 @pytest.mark.parametrize('n_steps', [1, 3])

@@ -6,6 +6,10 @@ and tested on, XLA's CPU backend runs some of the iteration's work far below
 its matrix-product rate; the pieces here change how the same numbers are
 computed (docs/performance.md measures each):
 
+* `conv.py` (with Winograd's algorithms in `winograd.py`): the nets'
+  convolutions and their input gradients as forward convolutions, matrix
+  products and Winograd transforms, average pools folded into the convs
+  before them, spectral norm dividing outputs instead of kernels;
 * `schedule.py`: the step's stages (and so its Langevin chains) run in turn
   rather than sharing the cores;
 * `chains.py`: each Langevin step's noise is drawn during the step before.
@@ -22,9 +26,11 @@ import jax
 
 from dual_mcmc_jax import compute
 from dual_mcmc_jax.cpu import chains
+from dual_mcmc_jax.cpu import conv
 from dual_mcmc_jax.cpu import schedule
 
-CPU = compute.Compute(name='cpu', chain_loop=chains.noise_ahead_chain,
+CPU = compute.Compute(name='cpu', conv_ops=conv.CpuConvOps(),
+                      chain_loop=chains.noise_ahead_chain,
                       order=schedule.in_order)
 
 

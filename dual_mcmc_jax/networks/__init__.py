@@ -8,8 +8,9 @@ from a config lives in `train_state.create_models`):
 * `simple.py`: the plain convolutional nets of the paper's Table 1.
 * `mlp.py`: small fully connected nets for 2-D densities.
 
-`layers.py` holds what they share: PyTorch-compatible convolutions, dense
-layers, BatchNorm and spectral norm.
+`layers.py` holds what they share: PyTorch-compatible convolutions (one thin
+wrapper whose arithmetic, a `ConvOps`, is given when the models are built),
+dense layers, BatchNorm and spectral norm.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import numpy as np
 
 # pylint: disable=g-importing-member,unused-import
 from dual_mcmc_jax.networks.layers import batch_norm
-from dual_mcmc_jax.networks.layers import Conv2d
+from dual_mcmc_jax.networks.layers import Conv
+from dual_mcmc_jax.networks.layers import ConvOps
 from dual_mcmc_jax.networks.layers import gaussian_conv_heads
 from dual_mcmc_jax.networks.layers import log2_int
 from dual_mcmc_jax.networks.layers import SNConv

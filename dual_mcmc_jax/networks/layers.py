@@ -1,5 +1,11 @@
 """Layers shared by the nets, with the reference implementation's conventions.
 
+Every convolution of the nets is one thin wrapper, `Conv` (or `SNConv` for
+the EBM's spectrally normalised ones), whose arithmetic is a `ConvOps`
+given when the models are built: by default XLA's own
+`lax.conv_general_dilated`, the path GPUs and TPUs run; the CPU plug-in
+(`dual_mcmc_jax/cpu/`) supplies other forms of the same convolutions.
+
 So that the authors' PyTorch checkpoints (jcui1224/dual-MCMC, `nets.py`)
 map one-to-one: conv kernels are Xavier-normal (their `weights_init`), linear
 layers and conv biases use PyTorch's default uniform(+-1/sqrt(fan_in)) init,
@@ -14,18 +20,20 @@ weight is the parameter and the power-iteration vector lives in
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
+from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
-from dual_mcmc_jax import conv as conv_lib
-
 Array = jax.Array
 Dtype = Any
+Pair = tuple[int, int]
+_DIMS = ('NHWC', 'HWIO', 'NHWC')
 
 # kaiming_uniform(a=sqrt(5)), i.e. uniform(+-1/sqrt(fan_in)).
 torch_default_kernel_init = nn.initializers.variance_scaling(
@@ -92,13 +100,38 @@ def log2_int(n: int, what: str) -> int:
   return k
 
 
-class Conv2d(nn.Module):
-  """Square-kernel NHWC conv whose input gradient rule can be chosen.
+@dataclasses.dataclass(frozen=True)
+class ConvOps:
+  """How the nets compute their convolutions: XLA's own, by default.
 
-  Holds `kernel` [k, k, in, out] and `bias` like `nn.Conv` /
-  `nn.ConvTranspose` (so parameter trees and checkpoints are the same) and
-  computes through `conv.conv2d`; `lhs_dilation > 1` makes it a transposed
-  convolution (PyTorch's ConvTranspose2d with the given explicit padding).
+  A backend plug-in subclasses it (dual_mcmc_jax/cpu/conv.py); the values
+  are the same to float32 rounding either way.
+  """
+
+  def conv(self, x: Array, w: Array, strides: Pair, padding: tuple[Pair, Pair],
+           lhs_dilation: Pair = (1, 1)) -> Array:
+    """NHWC x HWIO conv; `lhs_dilation > 1` makes it a transposed conv."""
+    return lax.conv_general_dilated(x, w, strides, padding,
+                                    lhs_dilation=lhs_dilation,
+                                    dimension_numbers=_DIMS)
+
+  def normalized_conv(self, x: Array, w: Array, sigma: Array | None,
+                      stride: int, padding: int, pool: bool) -> Array:
+    """conv(x, w / sigma), then a 2x2 average pool if `pool`."""
+    if sigma is not None:
+      w = w / sigma
+    y = self.conv(x, w.astype(x.dtype), (stride, stride),
+                  ((padding, padding), (padding, padding)))
+    return avg_pool2(y) if pool else y
+
+
+class Conv(nn.Module):
+  """Square-kernel NHWC conv computed by `ops`.
+
+  Holds `kernel` [k, k, in, out] and `bias` like `nn.Conv` (so parameter
+  trees and checkpoints are those of flax's layer); `lhs_dilation > 1`
+  makes it a transposed convolution (PyTorch's ConvTranspose2d with the
+  given explicit padding).
   """
   features: int
   kernel: int
@@ -108,7 +141,7 @@ class Conv2d(nn.Module):
   use_bias: bool = True
   kernel_init: Callable[..., Array] = xavier_normal
   bias_init: Callable[..., Array] = nn.initializers.zeros
-  input_grad: str = 'auto'
+  ops: ConvOps = ConvOps()
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -116,10 +149,9 @@ class Conv2d(nn.Module):
     k = self.kernel
     w = self.param('kernel', self.kernel_init,
                    (k, k, x.shape[-1], self.features))
-    y = conv_lib.conv2d(
-        x.astype(self.dtype), w.astype(self.dtype), (self.stride,) * 2,
-        (tuple(self.padding),) * 2, (self.lhs_dilation,) * 2,
-        self.input_grad)
+    y = self.ops.conv(x.astype(self.dtype), w.astype(self.dtype),
+                      (self.stride,) * 2, (tuple(self.padding),) * 2,
+                      (self.lhs_dilation,) * 2)
     if self.use_bias:
       b = self.param('bias', self.bias_init, (self.features,))
       y = y + b.astype(self.dtype)
@@ -133,17 +165,16 @@ class TorchConv(nn.Module):
   stride: int = 1
   padding: int = 0
   use_bias: bool = True
-  input_grad: str = 'auto'
+  ops: ConvOps = ConvOps()
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     fan_in = x.shape[-1] * self.kernel * self.kernel
-    return Conv2d(self.features, self.kernel, self.stride,
-                  (self.padding, self.padding), use_bias=self.use_bias,
-                  bias_init=torch_default_bias_init(fan_in),
-                  input_grad=self.input_grad, dtype=self.dtype,
-                  name='conv')(x)
+    return Conv(self.features, self.kernel, self.stride,
+                (self.padding, self.padding), use_bias=self.use_bias,
+                bias_init=torch_default_bias_init(fan_in), ops=self.ops,
+                dtype=self.dtype, name='conv')(x)
 
 
 class TorchDense(nn.Module):
@@ -173,9 +204,8 @@ def _l2_normalize(v: Array, eps: float = 1e-12) -> Array:
 
 
 def spectral_normalize(module: nn.Module, kernel: Array, update_stats: bool,
-                       n_steps: int, divide: bool = True
-                       ) -> Array | tuple[Array, Array]:
-  """Divides `kernel` by its top singular value, PyTorch `spectral_norm` style.
+                       n_steps: int) -> Array:
+  """The top singular value of `kernel`, PyTorch `spectral_norm` style.
 
   The stored parameter is the raw weight (PyTorch's `weight_orig`) and the
   power-iteration vector `u` (PyTorch's `weight_u`, length = output features)
@@ -189,12 +219,10 @@ def spectral_normalize(module: nn.Module, kernel: Array, update_stats: bool,
     kernel: [..., in, out] weight; flattened to [rest, out].
     update_stats: store the new `u` (train mode: every forward pass).
     n_steps: power iterations per call.
-    divide: return kernel / sigma; else (kernel, sigma), for a layer that
-      divides its (linear) output by sigma instead.
 
   Returns:
-    kernel / sigma, with gradients flowing through sigma as in PyTorch, or
-    (kernel, sigma).
+    sigma, with gradients flowing through it as in PyTorch (u and v are
+    constants); the layer divides by it.
   """
   out = kernel.shape[-1]
   mat = kernel.reshape(-1, out).astype(jnp.float32)  # [rest, out]
@@ -211,16 +239,17 @@ def spectral_normalize(module: nn.Module, kernel: Array, update_stats: bool,
     u = _l2_normalize(v @ mat)  # [out]
   u = jax.lax.stop_gradient(u)
   v = jax.lax.stop_gradient(v)
-  sigma = jnp.dot(u, v @ mat)
   if update_stats and not module.is_initializing():
     u_var.value = u
-  if not divide:
-    return kernel, sigma
-  return (kernel / sigma).astype(kernel.dtype)
+  return jnp.dot(u, v @ mat)
 
 
 class SNConv(nn.Module):
-  """Conv with optional spectral norm (no bias by default), as in the EBM."""
+  """Conv with optional spectral norm (no bias by default), as in the EBM.
+
+  `pool` follows the conv by a 2x2 average pool (`ConvOps.normalized_conv`
+  computes both).
+  """
   features: int
   kernel: int
   stride: int = 1
@@ -228,37 +257,19 @@ class SNConv(nn.Module):
   use_bias: bool = False
   spectral_norm: bool = True
   sn_steps: int = 1
-  input_grad: str = 'auto'
+  pool: bool = False
+  ops: ConvOps = ConvOps()
   dtype: Dtype = jnp.float32
-  # Follow the conv by a 2x2 average pool, folded into the kernel: a stride-1
-  # conv then the pool equals one stride-2 conv with the kernel convolved
-  # with a 2x2 box / 4 (exact up to summation order, a quarter of the
-  # output positions).
-  pool_after: bool = False
 
   @nn.compact
   def __call__(self, x: Array, update_stats: bool) -> Array:
     fan_in = x.shape[-1] * self.kernel * self.kernel
     w = self.param('kernel', xavier_normal,
                    (self.kernel, self.kernel, x.shape[-1], self.features))
-    if self.spectral_norm:
-      # conv(x, w / sigma) = conv(x, w) / sigma: dividing the output leaves
-      # every transform of the kernel (pool folding, Winograd, the flipped
-      # kernel of the input gradient) independent of the Langevin step, so
-      # XLA computes them once per chain instead of at every step.
-      w, sigma = spectral_normalize(self, w, update_stats, self.sn_steps,
-                                    divide=False)
-    p, stride = self.padding, self.stride
-    if self.pool_after:
-      w = 0.25 * jnp.pad(w, ((0, 1), (0, 1), (0, 0), (0, 0)))
-      w = w + jnp.roll(w, 1, 0)
-      w = w + jnp.roll(w, 1, 1)
-      stride = 2 * stride
-    y = conv_lib.conv2d(x.astype(self.dtype), w.astype(self.dtype),
-                        (stride, stride), [(p, p), (p, p)],
-                        input_grad=self.input_grad)
-    if self.spectral_norm:
-      y = y / sigma.astype(y.dtype)
+    sigma = (spectral_normalize(self, w, update_stats, self.sn_steps)
+             if self.spectral_norm else None)
+    y = self.ops.normalized_conv(x.astype(self.dtype), w, sigma, self.stride,
+                                 self.padding, self.pool)
     if self.use_bias:
       b = self.param('bias', torch_default_bias_init(fan_in), (self.features,))
       y = y + b.astype(self.dtype)
@@ -278,7 +289,7 @@ class SNDense(nn.Module):
     w = self.param('kernel', torch_default_kernel_init,
                    (x.shape[-1], self.features))
     if self.spectral_norm:
-      w = spectral_normalize(self, w, update_stats, self.sn_steps)
+      w = w / spectral_normalize(self, w, update_stats, self.sn_steps)
     y = x.astype(self.dtype) @ w.astype(self.dtype)
     if self.use_bias:
       b = self.param('bias', torch_default_bias_init(x.shape[-1]),
@@ -287,8 +298,8 @@ class SNDense(nn.Module):
     return y
 
 
-def gaussian_conv_heads(h: Array, nz: int,
-                        dtype: Dtype) -> tuple[Array, Array]:
+def gaussian_conv_heads(h: Array, nz: int, dtype: Dtype,
+                        ops: ConvOps = ConvOps()) -> tuple[Array, Array]:
   """The inference nets' two 4x4 valid-conv heads, mu and logvar.
 
   Called inside a compact `__call__`, so the convs become its submodules
@@ -298,12 +309,13 @@ def gaussian_conv_heads(h: Array, nz: int,
     h: [B, 4, 4, C] features.
     nz: latent size.
     dtype: compute dtype.
+    ops: how the convs compute.
 
   Returns:
     (mu, logvar), each [B, nz] float32.
   """
   b = h.shape[0]
-  mu = TorchConv(nz, 4, 1, 0, dtype=dtype, name='mu')(h)
-  logvar = TorchConv(nz, 4, 1, 0, dtype=dtype, name='logvar')(h)
+  mu = TorchConv(nz, 4, 1, 0, ops=ops, dtype=dtype, name='mu')(h)
+  logvar = TorchConv(nz, 4, 1, 0, ops=ops, dtype=dtype, name='logvar')(h)
   return (mu.reshape(b, nz).astype(jnp.float32),
           logvar.reshape(b, nz).astype(jnp.float32))

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from dual_mcmc_jax.networks.layers import avg_pool2
 from dual_mcmc_jax.networks.layers import batch_norm
+from dual_mcmc_jax.networks.layers import ConvOps
 from dual_mcmc_jax.networks.layers import gaussian_conv_heads
 from dual_mcmc_jax.networks.layers import log2_int
 from dual_mcmc_jax.networks.layers import SNConv
@@ -32,13 +33,12 @@ Dtype = Any
 class GenUpBlock(nn.Module):
   """Generator residual block that doubles the resolution."""
   features: int
-  conv_input_grad: str = 'auto'
+  ops: ConvOps = ConvOps()
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    conv = functools.partial(TorchConv, input_grad=self.conv_input_grad,
-                             dtype=self.dtype)
+    conv = functools.partial(TorchConv, ops=self.ops, dtype=self.dtype)
     h = nn.relu(batch_norm('bn1', self.dtype)(x))
     h = upsample2x(h)
     h = conv(self.features, 3, 1, 1, name='conv1')(h)
@@ -64,7 +64,7 @@ class ResGenerator(nn.Module):
   image_size: int = 32
   num_channels: int = 3
   style: str = 'cifar'
-  conv_input_grad: str = 'auto'
+  ops: ConvOps = ConvOps()
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -75,11 +75,9 @@ class ResGenerator(nn.Module):
     # The reference views the linear output as [B, C, 4, 4].
     h = h.reshape(b, widths[0], 4, 4).transpose(0, 2, 3, 1)  # [B, 4, 4, C]
     for i, w in enumerate(widths[1:]):
-      h = GenUpBlock(w, self.conv_input_grad, dtype=self.dtype,
-                     name=f'block{i}')(h)
+      h = GenUpBlock(w, self.ops, dtype=self.dtype, name=f'block{i}')(h)
     h = nn.relu(batch_norm('bn_out', self.dtype)(h))
-    h = TorchConv(self.num_channels, 3, 1, 1,
-                  input_grad=self.conv_input_grad, dtype=self.dtype,
+    h = TorchConv(self.num_channels, 3, 1, 1, ops=self.ops, dtype=self.dtype,
                   name='conv_out')(h)
     return jnp.tanh(h).astype(jnp.float32)  # [B, H, W, C]
 
@@ -91,25 +89,25 @@ class EbmBlock(nn.Module):
   first: bool = False  # The start block: no leading ReLU, pool-then-conv skip.
   spectral_norm: bool = True
   sn_steps: int = 1
-  conv_input_grad: str = 'auto'
+  ops: ConvOps = ConvOps()
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, update_stats: bool) -> Array:
-    conv = lambda f, k, p, name: SNConv(  # pylint: disable=g-long-lambda
-        f, k, 1, p, spectral_norm=self.spectral_norm, sn_steps=self.sn_steps,
-        input_grad=self.conv_input_grad, dtype=self.dtype, name=name)
+    conv = functools.partial(SNConv, stride=1,
+                             spectral_norm=self.spectral_norm,
+                             sn_steps=self.sn_steps, ops=self.ops,
+                             dtype=self.dtype)
     h = x if self.first else nn.relu(x)
-    h = conv(self.features, 3, 1, 'conv1')(h, update_stats)
+    h = conv(self.features, 3, padding=1, name='conv1')(h, update_stats)
     h = nn.relu(h)
-    h = SNConv(self.features, 3, 1, 1, spectral_norm=self.spectral_norm,
-               sn_steps=self.sn_steps, input_grad=self.conv_input_grad,
-               dtype=self.dtype, pool_after=self.downsample,
-               name='conv2')(h, update_stats)
+    # The main path's 2x2 average pool (downsampling blocks) is the conv's.
+    h = conv(self.features, 3, padding=1, pool=self.downsample,
+             name='conv2')(h, update_stats)
     if self.first:
-      s = conv(self.features, 1, 0, 'shortcut')(avg_pool2(x), update_stats)
+      s = conv(self.features, 1, name='shortcut')(avg_pool2(x), update_stats)
     elif self.downsample or x.shape[-1] != self.features:
-      s = conv(self.features, 1, 0, 'shortcut')(x, update_stats)
+      s = conv(self.features, 1, name='shortcut')(x, update_stats)
       if self.downsample:
         s = avg_pool2(s)
     else:
@@ -133,7 +131,7 @@ class ResEBM(nn.Module):
   style: str = 'cifar'
   spectral_norm: bool = True
   sn_steps: int = 1
-  conv_input_grad: str = 'auto'
+  ops: ConvOps = ConvOps()
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -142,8 +140,7 @@ class ResEBM(nn.Module):
     layout = resnet_ebm_layout(self.nef, self.image_size, self.style)
     for i, (w, down) in enumerate(layout):
       h = EbmBlock(w, down, first=(i == 0), spectral_norm=self.spectral_norm,
-                   sn_steps=self.sn_steps,
-                   conv_input_grad=self.conv_input_grad, dtype=self.dtype,
+                   sn_steps=self.sn_steps, ops=self.ops, dtype=self.dtype,
                    name=f'block{i}')(h, update_stats)
     h = jnp.mean(nn.relu(h), axis=(1, 2))  # [B, nef]
     e = SNDense(1, use_bias=False, spectral_norm=self.spectral_norm,
@@ -164,21 +161,22 @@ class ResInference(nn.Module):
   image_size: int = 32
   style: str = 'cifar'
   dtype: Dtype = jnp.float32
+  ops: ConvOps = ConvOps()
 
   @nn.compact
   def __call__(self, x: Array) -> tuple[Array, Array]:
     h = x.astype(self.dtype)
     widths = conv_inference_widths(self.nif, self.image_size)
+    conv = functools.partial(TorchConv, use_bias=False, ops=self.ops,
+                             dtype=self.dtype)
     if self.style == 'cifar':
-      h = TorchConv(self.nif, 3, 1, 1, use_bias=False, dtype=self.dtype,
-                    name='conv0')(h)
+      h = conv(self.nif, 3, 1, 1, name='conv0')(h)
     else:  # celeba: the first conv already halves the resolution.
-      h = TorchConv(self.nif, 4, 2, 1, use_bias=False, dtype=self.dtype,
-                    name='conv0')(h)
+      h = conv(self.nif, 4, 2, 1, name='conv0')(h)
       widths = widths[:-1]
     h = nn.leaky_relu(h, 0.2)
     for i, w in enumerate(widths):
-      h = TorchConv(w, 4, 2, 1, use_bias=False, dtype=self.dtype,
-                    name=f'conv{i + 1}')(h)
+      h = conv(w, 4, 2, 1, name=f'conv{i + 1}')(h)
       h = nn.leaky_relu(h, 0.2)
-    return gaussian_conv_heads(h, self.nz, self.dtype)  # h: [B, 4, 4, C]
+    # h: [B, 4, 4, C]
+    return gaussian_conv_heads(h, self.nz, self.dtype, self.ops)

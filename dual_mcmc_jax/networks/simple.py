@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from dual_mcmc_jax.networks.layers import batch_norm
-from dual_mcmc_jax.networks.layers import Conv2d
+from dual_mcmc_jax.networks.layers import Conv
+from dual_mcmc_jax.networks.layers import ConvOps
 from dual_mcmc_jax.networks.layers import gaussian_conv_heads
 from dual_mcmc_jax.networks.layers import log2_int
 from dual_mcmc_jax.networks.layers import SNConv
@@ -31,7 +32,7 @@ class SimpleGenerator(nn.Module):
   ngf: int
   image_size: int = 32
   num_channels: int = 3
-  conv_input_grad: str = 'auto'
+  ops: ConvOps = ConvOps()
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -39,9 +40,7 @@ class SimpleGenerator(nn.Module):
     n_up = log2_int(self.image_size, 'image_size') - 2
     # Transposed convs as input-dilated convs (lax.conv_transpose's
     # arithmetic): a 4x4 'VALID' transposed conv of a 1x1 map pads by 3.
-    convt = functools.partial(Conv2d, kernel=4,
-                              input_grad=self.conv_input_grad,
-                              dtype=self.dtype)
+    convt = functools.partial(Conv, kernel=4, ops=self.ops, dtype=self.dtype)
     h = z[:, None, None, :].astype(self.dtype)  # [B, 1, 1, nz]
     h = convt(self.ngf * 2**n_up, padding=(3, 3), name='convt0')(h)  # [B, 4, 4, C]
     for i in range(n_up):
@@ -61,7 +60,7 @@ class SimpleEBM(nn.Module):
   image_size: int = 32
   spectral_norm: bool = True
   sn_steps: int = 1
-  conv_input_grad: str = 'auto'
+  ops: ConvOps = ConvOps()
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -69,8 +68,8 @@ class SimpleEBM(nn.Module):
     n_down = log2_int(self.image_size, 'image_size') - 2
     conv = functools.partial(SNConv, use_bias=True,
                              spectral_norm=self.spectral_norm,
-                             sn_steps=self.sn_steps,
-                             input_grad=self.conv_input_grad, dtype=self.dtype)
+                             sn_steps=self.sn_steps, ops=self.ops,
+                             dtype=self.dtype)
     h = x.astype(self.dtype)
     for i in range(n_down):
       h = conv(self.nef * 2**i, 4, 2, 1, name=f'conv{i}')(h, update_stats)
@@ -85,13 +84,14 @@ class SimpleInference(nn.Module):
   nif: int
   image_size: int = 32
   dtype: Dtype = jnp.float32
+  ops: ConvOps = ConvOps()
 
   @nn.compact
   def __call__(self, x: Array) -> tuple[Array, Array]:
     n_down = log2_int(self.image_size, 'image_size') - 2
     h = x.astype(self.dtype)
     for i in range(n_down):
-      h = TorchConv(self.nif * 2**i, 4, 2, 1, use_bias=False, dtype=self.dtype,
-                    name=f'conv{i}')(h)
+      h = TorchConv(self.nif * 2**i, 4, 2, 1, use_bias=False, ops=self.ops,
+                    dtype=self.dtype, name=f'conv{i}')(h)
       h = nn.leaky_relu(h, 0.2)
-    return gaussian_conv_heads(h, self.nz, self.dtype)
+    return gaussian_conv_heads(h, self.nz, self.dtype, self.ops)

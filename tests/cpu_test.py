@@ -1,10 +1,17 @@
-"""Tests of conv.conv2d: the forward-conv input gradient equals autodiff's.
+"""Tests of the CPU plug-in, dual_mcmc_jax/cpu/: the same numbers, faster.
 
-Also checks that the networks built on it compute what the plain Flax
-layers compute, and that the compiled chains contain no convolution with a
-transposed-kernel layout (the slow case on XLA's CPU backend).
+Its convolutions (`cpu.conv.conv2d`, Winograd's algorithms) and their
+gradients equal XLA's own; the networks built on them compute what plain
+Flax layers compute; the compiled chains contain no convolution with a
+transposed-kernel layout (the slow case on XLA's CPU backend) and compute
+the kernels' layouts once per chain; the chain loop that draws noise ahead
+and the stages run in turn leave the iteration's values unchanged; and the
+plug-in is attached, under its one switch, only where it is asked for.
+The tests that read compiled HLO text live here alone: they check this
+plug-in's reason to exist on XLA's CPU backend, and change with XLA.
 """
 
+import dataclasses
 import re
 
 import flax.linen as nn
@@ -14,13 +21,26 @@ import numpy as np
 import pytest
 
 from configs import test as test_config
-from dual_mcmc_jax import conv
+from dual_mcmc_jax import compute
+from dual_mcmc_jax import cpu
 from dual_mcmc_jax import langevin
 from dual_mcmc_jax import networks
+from dual_mcmc_jax import sampling
 from dual_mcmc_jax import settings as settings_lib
 from dual_mcmc_jax import train_state as ts
-from dual_mcmc_jax import winograd
-from dual_mcmc_jax import sampling
+from dual_mcmc_jax import train_step as tstep
+from dual_mcmc_jax.cpu import chains
+from dual_mcmc_jax.cpu import conv
+from dual_mcmc_jax.cpu import schedule
+from dual_mcmc_jax.cpu import winograd
+from dual_mcmc_jax.networks import layers
+
+
+def _conv(x, w, strides, padding, lhs_dilation, rule):
+  """XLA's own conv ('xla') or the plug-in's ('forward_conv')."""
+  ops = layers.ConvOps() if rule == 'xla' else conv.CpuConvOps()
+  return ops.conv(x, w, tuple(strides), tuple(map(tuple, padding)),
+                  tuple(lhs_dilation))
 
 # (size, kernel, stride, padding, lhs_dilation): every conv the nets use, and
 # odd sizes where the stride leaves input rows unreached.
@@ -44,11 +64,11 @@ def test_forward_conv_gradients_equal_autodiff(size, k, stride, pad, dil):
   w = jax.random.normal(kw, (k, k, 3, 5))
 
   def loss(x, w, rule):
-    y = conv.conv2d(x, w, (stride, stride), (pad, pad), (dil, dil), rule)
+    y = _conv(x, w, (stride, stride), (pad, pad), (dil, dil), rule)
     return jnp.sum(jnp.sin(y))  # a non-constant output gradient
 
-  y_ref = conv.conv2d(x, w, (stride, stride), (pad, pad), (dil, dil), 'xla')
-  y = conv.conv2d(x, w, (stride, stride), (pad, pad), (dil, dil),
+  y_ref = _conv(x, w, (stride, stride), (pad, pad), (dil, dil), 'xla')
+  y = _conv(x, w, (stride, stride), (pad, pad), (dil, dil),
                   'forward_conv')
   args = (x, w, (stride, stride), (pad, pad), (dil, dil))
   if (conv._is_transposed(*args) or conv._is_strided(x, w, args[2], args[4])
@@ -151,16 +171,18 @@ def test_dilated_conv_by_phases_equals_the_dilated_conv(size, k, pad):
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_pooled_sn_conv_equals_conv_then_average_pool():
-  """EbmBlock folds its 2x2 average pool into the preceding 3x3 conv."""
-  from dual_mcmc_jax.networks import layers  # pylint: disable=g-import-not-at-top
+@pytest.mark.parametrize('sn', [True, False])
+def test_cpu_normalized_conv_folds_the_pool_and_divides_the_output(sn):
+  """XLA's conv(x, w / sigma) then pool = the plug-in's folded conv / sigma."""
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
-  plain = layers.SNConv(5, 3, 1, 1)
-  pooled = layers.SNConv(5, 3, 1, 1, pool_after=True)
-  variables = plain.init(jax.random.key(1), x, False)
-  expected = layers.avg_pool2(plain.apply(variables, x, False))
-  np.testing.assert_allclose(pooled.apply(variables, x, False), expected,
-                             rtol=1e-5, atol=1e-6)
+  w = jax.random.normal(jax.random.key(1), (3, 3, 3, 5))
+  sigma = jnp.asarray(2.5) if sn else None
+  for pool in (False, True):
+    want = layers.ConvOps().normalized_conv(x, w, sigma, 1, 1, pool)
+    got = conv.CpuConvOps().normalized_conv(x, w, sigma, 1, 1, pool)
+    assert got.shape == want.shape == (2, 4 if pool else 8, 4 if pool else 8,
+                                       5)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize('shape,out', [((2, 8, 6, 32), 40), ((1, 4, 4, 64), 32)])
@@ -172,10 +194,10 @@ def test_winograd_conv_equals_the_direct_conv_and_its_gradients(shape, out):
   assert conv._is_winograd(x, w, *args)
 
   def loss(x, w, rule):
-    return jnp.sum(jnp.sin(conv.conv2d(x, w, *args, rule)))
+    return jnp.sum(jnp.sin(_conv(x, w, *args, rule)))
 
-  expected = conv.conv2d(x, w, *args, 'xla')
-  got = conv.conv2d(x, w, *args, 'forward_conv')
+  expected = _conv(x, w, *args, 'xla')
+  got = _conv(x, w, *args, 'forward_conv')
   scale = float(jnp.max(jnp.abs(expected)))
   np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6 * scale)
   for a, b in zip(jax.grad(loss, (0, 1))(x, w, 'forward_conv'),
@@ -227,10 +249,10 @@ def test_strided_4x4_conv_and_its_phase_gradient_equal_autodiff(size, cin,
   assert conv._is_strided4(x, w, args[1])
 
   def loss(x, w, rule):
-    return jnp.sum(jnp.sin(conv.conv2d(x, w, *args, rule)))
+    return jnp.sum(jnp.sin(_conv(x, w, *args, rule)))
 
-  expected = conv.conv2d(x, w, *args, 'xla')
-  got = conv.conv2d(x, w, *args, 'forward_conv')
+  expected = _conv(x, w, *args, 'xla')
+  got = _conv(x, w, *args, 'forward_conv')
   np.testing.assert_allclose(got, expected, rtol=0,
                              atol=2e-6 * float(jnp.max(jnp.abs(expected))))
   for a, b in zip(jax.grad(loss, (0, 1))(x, w, 'forward_conv'),
@@ -294,8 +316,7 @@ def test_kernel_layout_work_runs_once_before_a_chain(monkeypatch):
 
     def chain(x0, w):
       def body(i, x):
-        y = conv.conv2d(x, w, (1, 1), ((2, 2), (2, 2)), (2, 2),
-                        'forward_conv')  # [2, 8, 8, 16]
+        y = conv.conv2d(x, w, (1, 1), ((2, 2), (2, 2)), (2, 2))  # [2, 8, 8, 16]
         return x + 1e-2 * jnp.tanh(y[:, ::2, ::2, :8])
       return jax.lax.fori_loop(0, 3, body, x0)
 
@@ -308,3 +329,91 @@ def test_kernel_layout_work_runs_once_before_a_chain(monkeypatch):
   assert 'f32[4,4,8,16]' in carried[False][0], carried[False]
   assert 'f32[4,4,8,16]' not in carried[True][0], carried[True]
   assert 'f32[8,' in carried[True][0], carried[True]
+
+
+# ----------------------------------------------------------------------------
+# The chains and the step: the same values in another schedule.
+# ----------------------------------------------------------------------------
+
+
+def test_after_keeps_values_and_makes_them_wait_for_done():
+  """`after` adds an exact zero that reads `done` (chains run in turn)."""
+  done = {'a': jnp.array([jnp.nan, 1.0]), 'b': jnp.array([jnp.inf]),
+          'n': jnp.array([3], jnp.int32)}
+  values = (jnp.array([-0.5, 2.0, 1e-30]), jnp.array([[7.0]]))
+  got = schedule.after(done, values)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(values)):
+    np.testing.assert_array_equal(a, b)
+  hlo = jax.jit(schedule.after).lower(done['a'], values[0]).compile().as_text()
+  # The compiled function still reads `done` (parameter 0), so whatever
+  # uses its outputs is scheduled after `done` is computed.
+  param = re.search(r'%([\w.]+) = f32\[2\]\{0\} parameter\(0\)', hlo)
+  assert param and hlo.count('%' + param.group(1)) > 1, hlo
+
+
+def test_noise_drawn_ahead_gives_the_same_chain():
+  """Drawing step i + 1's noise during step i: the same chain (change 20).
+
+  The same noise and updates; only float32 rounding of the fused update
+  (where the compiler contracts a multiply-add) may differ.
+  """
+  key = jax.random.key(7)
+  x0 = jnp.asarray(np.random.default_rng(4).normal(size=(4, 2)), jnp.float32)
+  settings = settings_lib.ChainSettings(steps=5, step_size=0.2, noise=0.3)
+  energy = lambda x, aux: (0.5 * jnp.sum(jnp.square(x - 1.0)), aux)
+  out = {}
+  for loop in (langevin.fori_chain, chains.noise_ahead_chain):
+    out[loop] = jax.jit(lambda x, k, loop=loop: langevin.langevin(
+        energy, x, k, settings, loop=loop)[::2])(x0, key)
+  a, b = out[chains.noise_ahead_chain], out[langevin.fori_chain]
+  assert float(jnp.max(jnp.abs(a[0] - x0))) > 0.1  # it moved
+  for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-7)
+
+
+def test_step_values_do_not_depend_on_the_stage_order(monkeypatch):
+  config = test_config.get_config()
+  config.training.cpu_plugin = 'on'
+  models = ts.create_models(config)
+  optimizers = ts.create_optimizers(config.optim, 100)
+  state = ts.create_train_state(models, optimizers, seed=0)
+  batch = jax.random.uniform(jax.random.key(0), (8,) + models.data_shape,
+                             minval=-1, maxval=1)
+  copy = lambda tree: jax.tree.map(jnp.copy, tree)
+  ordered = jax.jit(tstep.make_train_step(config, models, optimizers))(
+      copy(state), batch)
+  monkeypatch.setattr(cpu, 'CPU', dataclasses.replace(
+      cpu.CPU, order=compute.unchanged))
+  unordered = jax.jit(tstep.make_train_step(config, models, optimizers))(
+      copy(state), batch)
+  for a, b in zip(jax.tree.leaves(ordered), jax.tree.leaves(unordered)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------
+# One switch, attached when the models and the step are built.
+# ----------------------------------------------------------------------------
+
+
+def test_the_switch_attaches_the_plug_in_where_asked():
+  on_cpu = jax.default_backend() == 'cpu'
+  assert cpu.compute_for('auto') is (cpu.CPU if on_cpu else compute.XLA)
+  assert cpu.compute_for('on') is cpu.CPU
+  assert cpu.compute_for('off') is compute.XLA
+  config = test_config.get_config()
+  for switch, ops in (('off', layers.ConvOps()),
+                      ('on', conv.CpuConvOps())):
+    config.training.cpu_plugin = switch
+    models = ts.create_models(config)
+    # Every conv of the three nets computes through the chosen ops.
+    for net in (models.ebm, models.gen, models.inf):
+      assert net.ops == ops, (switch, net)
+
+
+def test_an_unknown_switch_is_one_line_naming_the_values():
+  config = test_config.get_config()
+  config.training.cpu_plugin = 'fast'
+  with pytest.raises(ValueError, match=r"config\.training\.cpu_plugin='fast' "
+                     r"is unknown; allowed: 'auto', 'on', 'off'"):
+    settings_lib.from_config(config)
+

@@ -1,4 +1,4 @@
-"""2-D convolution whose input gradient is itself a plain forward convolution.
+"""The CPU plug-in's convolutions: the nets' convs in forms XLA's CPU runs fast.
 
 Both Langevin chains differentiate a network with respect to its *input*
 at every step, so the input gradient of the convolutions is most of an
@@ -47,18 +47,22 @@ not change, its slices and transposes are computed once before the loop.
 
 Winograd's algorithms trade multiplications for additions: their values
 differ from the direct convolution's by float32 rounding (about 1e-6
-relative; `tests/conv_test.py`, and the golden PyTorch fixtures within
+relative; `tests/cpu_test.py`, and the golden PyTorch fixtures within
 1e-5).
 
-`input_grad='xla'` keeps JAX's autodiff unchanged (`lax.conv_general_dilated`
-as is); `'forward_conv'` uses the custom VJP and the rewrites above;
-`'auto'` picks `'forward_conv'` on the CPU and `'xla'` elsewhere, since GPU
-and TPU convolution libraries handle both layouts and that choice is
-unmeasured there.
+`CpuConvOps` hands all of it to the networks (`networks.layers.ConvOps`,
+the hook every conv of the nets computes through), and adds two more
+rewrites for the EBM's spectrally normalised convs: a 2x2 average pool
+after a conv is folded into it (a stride-2 conv with the kernel convolved
+with a 2x2 box / 4: a quarter of the output positions), and the output is
+divided by sigma instead of the kernel, so that every transform of the
+kernel above depends only on the parameters and XLA computes it once per
+chain rather than at every step (docs/performance.md, change 14).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Sequence
 
@@ -66,26 +70,12 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from dual_mcmc_jax import winograd
+from dual_mcmc_jax.cpu import winograd
+from dual_mcmc_jax.networks import layers
 
 Array = jax.Array
-Padding = Sequence[tuple[int, int]]
-
-INPUT_GRADS = ('auto', 'xla', 'forward_conv')
-_DIMS = ('NHWC', 'HWIO', 'NHWC')
-
-
-def resolve_input_grad(input_grad: str) -> str:
-  """'auto' -> 'forward_conv' on the CPU, 'xla' elsewhere."""
-  if input_grad not in INPUT_GRADS:
-    raise ValueError(f'config.model.conv_input_grad={input_grad!r} is unknown; '
-                     f'allowed: {", ".join(INPUT_GRADS)}')
-  if input_grad == 'auto':
-    return 'forward_conv' if jax.default_backend() == 'cpu' else 'xla'
-  return input_grad
-
-
 Pair = tuple[int, int]
+_DIMS = ('NHWC', 'HWIO', 'NHWC')
 
 
 def _conv(x: Array, w: Array, strides: Pair, padding: tuple[Pair, Pair],
@@ -299,7 +289,7 @@ def _transposed_conv_fwd(x, w, padding, lhs_dilation):
 def _transposed_conv_bwd(padding, lhs_dilation, res, g):
   x, w = res
   w_t, pads = _input_grad_conv_args(x, g, w, (1, 1), padding, lhs_dilation)
-  gx = conv2d(g, w_t, lhs_dilation, pads, input_grad='forward_conv')
+  gx = conv2d(g, w_t, lhs_dilation, pads)
   _, w_vjp = jax.vjp(
       lambda w_: _transposed_conv_by_matmul(x, w_, padding, lhs_dilation), w)
   (gw,) = w_vjp(g)
@@ -457,9 +447,8 @@ def _whole_window_conv(x: Array, w: Array) -> Array:
 
 def conv2d(x: Array, w: Array, strides: Sequence[int] = (1, 1),
            padding: Sequence[Pair] = ((0, 0), (0, 0)),
-           lhs_dilation: Sequence[int] = (1, 1),
-           input_grad: str = 'xla') -> Array:
-  """NHWC x HWIO convolution with a choice of input-gradient rule.
+           lhs_dilation: Sequence[int] = (1, 1)) -> Array:
+  """NHWC x HWIO convolution in the fastest of the forms above.
 
   Args:
     x: [B, H, W, C_in] input.
@@ -468,16 +457,14 @@ def conv2d(x: Array, w: Array, strides: Sequence[int] = (1, 1),
     padding: ((top, bottom), (left, right)) explicit padding.
     lhs_dilation: input dilation; a transposed convolution with stride s is
       a convolution with `lhs_dilation=(s, s)`.
-    input_grad: 'xla', 'forward_conv' or 'auto' (see the module docstring).
 
   Returns:
-    [B, H', W', C_out].
+    [B, H', W', C_out], equal to `lax.conv_general_dilated`'s to float32
+    rounding, with gradients to match.
   """
   strides = tuple(int(s) for s in strides)
   padding = tuple((int(a), int(b)) for a, b in padding)
   lhs_dilation = tuple(int(d) for d in lhs_dilation)
-  if resolve_input_grad(input_grad) == 'xla':
-    return _conv(x, w, strides, padding, lhs_dilation)
   if _is_whole_window(x, w, padding, lhs_dilation):
     return _whole_window_conv(x, w)
   if _is_transposed(x, w, strides, padding, lhs_dilation):
@@ -489,3 +476,33 @@ def conv2d(x: Array, w: Array, strides: Sequence[int] = (1, 1),
   if _is_winograd(x, w, strides, padding, lhs_dilation):
     return winograd.conv3x3(x, w)
   return _conv_forward_conv_grad(x, w, strides, padding, lhs_dilation)
+
+
+def fold_pool(w: Array) -> Array:
+  """The kernel of a stride-s conv followed by a 2x2 average pool.
+
+  Conv then pool equals one conv of twice the stride with the kernel
+  convolved with a 2x2 box / 4: [k, k, in, out] -> [k + 1, k + 1, in, out]
+  (exact up to summation order).
+  """
+  w = 0.25 * jnp.pad(w, ((0, 1), (0, 1), (0, 0), (0, 0)))
+  w = w + jnp.roll(w, 1, 0)
+  return w + jnp.roll(w, 1, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuConvOps(layers.ConvOps):
+  """The networks' convolutions on the CPU: `conv2d`, pools folded in."""
+
+  def conv(self, x: Array, w: Array, strides: Pair, padding: tuple[Pair, Pair],
+           lhs_dilation: Pair = (1, 1)) -> Array:
+    return conv2d(x, w, strides, padding, lhs_dilation)
+
+  def normalized_conv(self, x: Array, w: Array, sigma: Array | None,
+                      stride: int, padding: int, pool: bool) -> Array:
+    if pool:
+      w, stride = fold_pool(w), 2 * stride
+    y = conv2d(x, w.astype(x.dtype), (stride, stride),
+               ((padding, padding), (padding, padding)))
+    # Dividing the output leaves the kernel a constant of the chain.
+    return y if sigma is None else y / sigma.astype(y.dtype)
