@@ -54,6 +54,7 @@ import time
 from typing import Any, Callable
 
 from absl import flags
+from clu import parameter_overview
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -63,7 +64,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from dual_mcmc_jax import cpu
 from dual_mcmc_jax import experiment
-from dual_mcmc_jax import networks
 from dual_mcmc_jax import runtime
 from dual_mcmc_jax import settings as settings_lib
 from dual_mcmc_jax import sharding
@@ -296,7 +296,8 @@ def benchmark_loop(config: ml_collections.ConfigDict, iters: int
 def _describe(config: ml_collections.ConfigDict, state: Any
               ) -> dict[str, Any]:
   """The devices and the config fields a timing depends on."""
-  n_params = {k: networks.count_params(getattr(state, k).params)
+  n_params = {k: int(parameter_overview.count_parameters(
+      getattr(state, k).params))
               for k in ('ebm', 'gen', 'inf')}
   return {
       'devices': jax.device_count(),

@@ -19,6 +19,9 @@ import time
 from typing import Any, TYPE_CHECKING
 
 from absl import logging
+from clu import metrics as clu_metrics
+from clu import parameter_overview
+from flax import traverse_util
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
@@ -26,12 +29,9 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from flax import traverse_util
-
 from dual_mcmc_jax import checkpointing
 from dual_mcmc_jax import data
 from dual_mcmc_jax import experiment
-from dual_mcmc_jax import networks
 from dual_mcmc_jax import recovery
 from dual_mcmc_jax import settings as settings_lib
 from dual_mcmc_jax import sharding
@@ -168,7 +168,7 @@ def _open_loop(settings: settings_lib.Settings, workdir: str) -> _Loop:
                manager=manager, writer=writer,
                report=periodic_actions.ReportProgress(
                    num_train_steps=total_steps, writer=writer),
-               preemption=_Preemption(), mesh=sharding.data_mesh())
+               preemption=_Preemption(manager), mesh=sharding.data_mesh())
 
 
 def _restore(loop: _Loop) -> ts.TrainState:
@@ -239,7 +239,8 @@ def _train_segment(loop: _Loop, rollbacks: list[recovery.Rollback],
                          mesh=loop.mesh)
   state = recovery.with_stream(settings, state, len(rollbacks))
   start_step = int(jax.device_get(state.step))
-  params = {k: networks.count_params(getattr(state, k).params)
+  params = {k: int(parameter_overview.count_parameters(
+                getattr(state, k).params))
             for k in ('ebm', 'gen', 'inf')}
   logging.info('Parameters: E %d, G %d, I %d; %d steps per epoch; '
                'training steps %d -> %d', params['ebm'], params['gen'],
@@ -282,7 +283,8 @@ class _Segment:
                   for name in ('log', 'image', 'checkpoint', 'health')}
     self.grid_batch = None
     self.sample_key = jax.random.key(int(t.seed) + 1)
-    self.pending: list[dict[str, jax.Array]] = []  # Since the last log.
+    # Running means of the metrics since the last log (clu.metrics).
+    self.means = _MetricMeans()
     self.unchecked: list[tuple[int, dict[str, jax.Array]]] = []
     self.last_save: int | None = None  # A save that may still be running.
     self.t_log = time.time()
@@ -299,7 +301,7 @@ class _Segment:
                  metrics: dict[str, jax.Array]) -> bool:
     """Logs, checks, writes and saves as due; True: stop (SIGTERM)."""
     loop, every = self.loop, self.every
-    self.pending.append(metrics)
+    self.means.add(metrics)
     self.unchecked.append((step, metrics))
     loop.report(step)
     is_last = step == loop.total_steps
@@ -341,26 +343,14 @@ class _Segment:
 
   def write_metrics(self, step: int) -> None:
     """Writes the means of the metrics since the last log step."""
-    summary = {k: float(np.mean(v)) for k, v in
-               jax.device_get(_stack(self.pending)).items() if k != 'healthy'}
+    summary = self.means.compute()
     dt = time.time() - self.t_log
-    summary['steps_per_sec'] = len(self.pending) / max(dt, 1e-9)
+    summary['steps_per_sec'] = self.means.steps / max(dt, 1e-9)
     self.loop.writer.write_scalars(step, summary)
-    self.pending, self.t_log = [], time.time()
+    self.means, self.t_log = _MetricMeans(), time.time()
 
   def finish(self) -> None:
     checkpointing.wait_until_finished(self.loop.manager, self.last_save)
-
-
-def _preemption_service() -> bool:
-  """Whether JAX's multi-process preemption sync point is running here."""
-  if jax.process_count() == 1:
-    return False
-  try:
-    from jax._src import distributed  # pylint: disable=g-import-not-at-top
-    return distributed.global_state.preemption_sync_manager is not None
-  except (ImportError, AttributeError):
-    return False
 
 
 class _Preemption:
@@ -368,16 +358,18 @@ class _Preemption:
 
   One process: a SIGTERM handler sets a flag the loop reads every step.
   Several processes (`jax.distributed.initialize`): JAX's preemption service
-  catches the SIGTERM of any process, tells the others, and
-  `multihost_utils.reached_preemption_sync_point` becomes True at the same
-  step on all of them, so that they save the same checkpoint together and
-  none is left waiting in a collective.
+  catches the SIGTERM of any process and tells the others, and orbax's
+  `CheckpointManager.reached_preemption` becomes True at the same step on
+  all of them, so that they save the same checkpoint together and none is
+  left waiting in a collective. (A Python handler there would take SIGTERM
+  away from JAX's service, so none is installed.)
   """
 
-  def __init__(self):
+  def __init__(self, manager: ocp.CheckpointManager):
     self.requested = False
+    self._manager = manager
     self._previous = None
-    self._service = _preemption_service()
+    self._service = jax.process_count() > 1
     if (not self._service and
         threading.current_thread() is threading.main_thread()):
       self._previous = signal.signal(signal.SIGTERM, self._handle)
@@ -389,7 +381,7 @@ class _Preemption:
   def reached(self, step: int) -> bool:
     """True at the step where all processes stop; call at every step."""
     if self._service:
-      self.requested = multihost_utils.reached_preemption_sync_point(step)
+      self.requested = self._manager.reached_preemption(step)
     return self.requested
 
   def restore(self):
@@ -398,5 +390,27 @@ class _Preemption:
       self._previous = None
 
 
-def _stack(items: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *items)
+class _MetricMeans:
+  """Means of a step's metrics over steps, kept on the device (clu.metrics)."""
+
+  def __init__(self):
+    self.steps = 0
+    self._collection = None
+    self._totals = None
+
+  def add(self, metrics: dict[str, jax.Array]) -> None:
+    names = sorted(k for k in metrics if k != 'healthy')
+    if self._collection is None:
+      self._collection = clu_metrics.Collection.create(
+          **{k: clu_metrics.Average.from_output(k) for k in names})
+    update = self._collection.single_from_model_output(
+        **{k: metrics[k] for k in names})
+    self._totals = update if self._totals is None else self._totals.merge(
+        update)
+    self.steps += 1
+
+  def compute(self) -> dict[str, float]:
+    if self._totals is None:
+      return {}
+    return {k: float(v) for k, v in
+            jax.device_get(self._totals.compute()).items()}

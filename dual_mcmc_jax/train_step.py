@@ -40,6 +40,7 @@ import dataclasses
 import functools
 from typing import Any, Callable
 
+import chex
 import jax
 import jax.numpy as jnp
 import optax
@@ -219,6 +220,10 @@ def make_train_step(settings: settings_lib.Settings | Any,
   iteration = make_iteration(settings, models, optimizers, normal)
 
   def train_step(state, batch):
+    # Checked when the step is traced: a batch of the models' examples.
+    chex.assert_shape(batch, (None, *models.data_shape))
+    chex.assert_type(batch, jnp.float32)
+    chex.assert_shape(state.step, ())
     state, metrics, _ = iteration(state, batch)
     return state, metrics
 

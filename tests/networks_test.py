@@ -8,12 +8,13 @@ uses narrow widths.
 import functools
 import math
 
+from clu import parameter_overview
+from flax import linen as nn
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import linen as nn
-from flax import traverse_util
 
 from configs import default
 from configs import test as test_config
@@ -47,7 +48,7 @@ def _abstract_variables(models):
 
 def _counts(models):
   v = _abstract_variables(models)
-  return {name: networks.count_params(v[name]['params'])
+  return {name: int(parameter_overview.count_parameters(v[name]['params']))
           for name in ('gen', 'inf', 'ebm')}
 
 

@@ -5,12 +5,12 @@ simple nets must be the same networks as `networks/simple.py`, layer for
 layer, or the time ratio compares different work.
 """
 
+from clu import parameter_overview
 import jax
 import numpy as np
 import pytest
 
 from configs import cifar10_simple
-from dual_mcmc_jax import networks
 from dual_mcmc_jax import train_state as ts
 
 torch = pytest.importorskip('torch')
@@ -21,7 +21,8 @@ def _jax_counts(config) -> dict[str, int]:
   models = ts.create_models(config)
   optimizers = ts.create_optimizers(config.optim, 1)
   state = jax.eval_shape(lambda: ts.create_train_state(models, optimizers, 0))
-  return {k: networks.count_params(getattr(state, k).params)
+  return {k: int(parameter_overview.count_parameters(
+                getattr(state, k).params))
           for k in ('gen', 'ebm', 'inf')}
 
 

@@ -442,3 +442,13 @@ def test_learning_rate_decays_once_per_epoch(epoch):
   expected = 1e-4 * 0.998**epoch
   for offset in (0, 1, spe // 2, spe - 1):
     np.testing.assert_allclose(fn(epoch * spe + offset), expected, rtol=1e-5)
+
+
+def test_a_batch_of_the_wrong_shape_is_refused_when_the_step_is_traced(
+    setup):
+  config, models, optimizers, state, batch, _ = setup
+  step = tstep.make_train_step(config, models, optimizers)
+  with pytest.raises(AssertionError, match='shape'):
+    jax.eval_shape(step, state, batch[:, :8])
+  with pytest.raises(AssertionError, match='type'):
+    jax.eval_shape(step, state, batch.astype(jnp.float16))

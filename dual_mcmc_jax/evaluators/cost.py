@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from typing import Any, Iterator
 
+from clu import parameter_overview
 import jax
 
 from dual_mcmc_jax import experiment
@@ -93,7 +94,8 @@ class Evaluator:
 
   def run(self, state: ts.TrainState) -> Iterator[tuple[str, Any]]:
     cfg = self.config
-    counts = {name: networks.count_params(getattr(state, attr).params)
+    counts = {name: int(parameter_overview.count_parameters(
+                  getattr(state, attr).params))
               for name, attr in (('generator', 'gen'), ('inference', 'inf'),
                                  ('ebm', 'ebm'))}
     for name, n in counts.items():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
+from clu import parameter_overview
 import jax
 import jax.numpy as jnp
 import optax
@@ -240,7 +241,8 @@ def import_file(config: Config, path: str, workdir: str,
   check_workdir_free(workdir)  # Before reading a possibly large file.
   checkpoint = pth.read_torch_checkpoint(path)
   state = import_checkpoint(config, checkpoint, workdir, step)
-  counts = {n: networks.count_params(getattr(state, n).params)
+  counts = {n: int(parameter_overview.count_parameters(
+                getattr(state, n).params))
             for _, n, _ in NETS}
   imported_adam = any(
       isinstance(checkpoint.get(opt), Mapping) and checkpoint[opt].get('state')

@@ -62,11 +62,6 @@ class Models:
   nz: int
 
 
-def count_params(params: Any) -> int:
-  """Number of scalar parameters in a pytree."""
-  return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
-
-
 def init_models(models: Models, key: Array,
                 batch_size: int = 2) -> dict[str, dict[str, Any]]:
   """Initialises the three networks.
