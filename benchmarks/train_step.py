@@ -69,6 +69,7 @@ from dual_mcmc_jax import settings as settings_lib
 from dual_mcmc_jax import sharding
 from dual_mcmc_jax import train_state as ts
 import profile_trace
+import torch_baseline
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config.')
@@ -321,62 +322,6 @@ def _describe(config: ml_collections.ConfigDict, state: Any
   }
 
 
-class TorchBaseline:
-  """The reference iteration in PyTorch at the sizes of a config.
-
-  Uses the reference-architecture modules of `torch_reference` (written for
-  the agreement tests), on the GPU when PyTorch sees one. Like the authors'
-  loop it reads the losses back every iteration. Calling the object runs
-  and times one iteration; `benchmark(..., between=baseline)` interleaves
-  them with the JAX iterations, so that both sides see the same machine
-  (this shared CPU's speed drifts by tens of percent within minutes).
-  """
-
-  def __init__(self, config: ml_collections.ConfigDict, warmup: int = 1):
-    try:
-      import torch  # pylint: disable=g-import-not-at-top
-    except ImportError as e:
-      raise SystemExit('--baseline=torch needs PyTorch: pip install torch'
-                      ) from e
-    from tests import torch_reference as ref  # pylint: disable=g-import-not-at-top
-    if config.model.arch not in ('resnet', 'simple'):
-      raise ValueError('--baseline=torch supports config.model.arch=resnet '
-                       f'or simple, not {config.model.arch!r}')
-    self.device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    self.torch_version, self.times = torch.__version__, []
-    torch.manual_seed(int(config.training.seed))
-    m, d = config.model, config.data
-    nets = ref.build_nets(int(m.nz), int(m.ngf), int(m.nef), int(m.nif),
-                          int(d.image_size), m.resnet_style,
-                          int(d.num_channels), arch=m.arch)
-    for net in nets:
-      net.apply(ref.reference_init_)
-    nets = tuple(net.to(self.device) for net in nets)
-    args = ref.ReferenceArgs.from_config(config)
-    optimizers = ref.make_optimizers(*nets, args)
-    b, size = int(config.training.batch_size), int(d.image_size)
-    x = torch.rand(b, int(d.num_channels), size, size,
-                   device=self.device) * 2 - 1
-    self._sync = (torch.cuda.synchronize if self.device == 'cuda'
-                  else (lambda: None))
-    self._step = lambda: ref.reference_train_step(*nets, optimizers, x, args)
-    for _ in range(warmup):
-      self._step()
-
-  def __call__(self) -> float:
-    self._sync()
-    t0 = time.perf_counter()
-    self._step()
-    self._sync()
-    self.times.append(time.perf_counter() - t0)
-    return self.times[-1]
-
-  def summary(self) -> dict[str, Any]:
-    return {'sec_per_iter_median': statistics.median(self.times),
-            'sec_per_iter_min': min(self.times), 'device': self.device,
-            'torch_version': self.torch_version}
-
-
 # (nets, ngf = nef, nif, batch) of the ratio table: the residual CIFAR-10
 # nets at three widths, and the paper's Table 1 simple nets at their widths
 # (configs/cifar10_simple.py: ngf 100, nef 112, nif 128).
@@ -400,7 +345,7 @@ def ratio_table(config: ml_collections.ConfigDict, iters: int, warmup: int
     c = ml_collections.ConfigDict(config.to_dict())
     c.model.arch, c.model.ngf, c.model.nef, c.model.nif = arch, ngf, nef, nif
     c.training.batch_size = batch
-    baseline = TorchBaseline(c, warmup)
+    baseline = torch_baseline.TorchBaseline(c, warmup)
     jax_s = benchmark(c, iters, warmup, flops=False,
                       between=baseline)['sec_per_iter_median']
     torch_s = baseline.summary()['sec_per_iter_median']
@@ -484,8 +429,9 @@ def sweep(config: ml_collections.ConfigDict, iters: int) -> list[dict[str, Any]]
   return rows
 
 
-def _torch_baseline(baseline: TorchBaseline, config: ml_collections.ConfigDict,
-                    result: dict[str, Any]) -> None:
+def _report_baseline(baseline: torch_baseline.TorchBaseline,
+                     config: ml_collections.ConfigDict,
+                     result: dict[str, Any]) -> None:
   """PyTorch's time at the config's size, then (by default) the table."""
   torch_result = baseline.summary()
   result['torch_sec_per_iter_median'] = torch_result['sec_per_iter_median']
@@ -512,7 +458,7 @@ def main(argv):
   if FLAGS.memory:
     print(json.dumps({'compiled_memory_by_x_steps': compiled_memory(config)}))
     return
-  baseline = (TorchBaseline(config, FLAGS.warmup)
+  baseline = (torch_baseline.TorchBaseline(config, FLAGS.warmup)
               if FLAGS.baseline == 'torch' else None)
   result = benchmark(config, FLAGS.iters, FLAGS.warmup, FLAGS.profile_dir,
                      between=baseline)
@@ -540,7 +486,7 @@ def main(argv):
           f'{result["health_every_steps"]} steps: '
           f'{result["loop_sec_per_iter_fetch_every_n"]:.4f} s/iter')
   if baseline is not None:
-    _torch_baseline(baseline, config, result)
+    _report_baseline(baseline, config, result)
   if FLAGS.sweep:
     result['sweep'] = sweep(config, max(1, min(FLAGS.iters, 3)))
   print(json.dumps(result))

@@ -24,10 +24,11 @@ What this module guarantees, and how:
 
 from __future__ import annotations
 
+import copy
 import errno
 import json
 import os
-from typing import Any
+from typing import Any, Mapping
 
 from absl import logging
 from flax import traverse_util
@@ -105,6 +106,59 @@ def write_json_atomically(path: str, content: Any) -> None:
   os.replace(tmp, path)
 
 
+# Fields added since the first release, with the value that reproduces how a
+# config written without them ran.
+ADDED_FIELDS: dict[str, Any] = {
+    'data.point_dim': 2,
+    'data.prefetch_to_device': 2,
+    'training.compute_dtype': 'float32',
+    'training.cpu_plugin': 'auto',
+    'training.health_every_steps': 1,
+    'training.negative_chain_init': 'generator',
+    'training.long_chains': 0,
+    'training.long_chain_steps': 0,
+    'training.replay_buffer_size': 0,
+    'training.replay_fraction': 0.95,
+    'langevin_x.jump_std': 0.0,
+    'loss.energy_l2': 0.0,
+}
+# Old name -> (new name, {old value: new value}).
+RENAMED_FIELDS: dict[str, tuple[str, dict[Any, Any]]] = {
+    # The convolution rule became the CPU plug-in's switch.
+    'model.conv_input_grad': ('training.cpu_plugin', {
+        'auto': 'auto', 'xla': 'off', 'forward_conv': 'on'}),
+}
+
+
+def migrate_config(raw: Mapping[str, Any]) -> dict[str, Any]:
+  """A config dict written by an earlier version, in this version's form.
+
+  Renamed fields get their new names (and values); fields added since get
+  the value that reproduces how the old config ran. A current config comes
+  back unchanged.
+
+  Args:
+    raw: {group: {field: value}} as read from a `config.json`.
+
+  Returns:
+    A new dict of the current form.
+  """
+  out = copy.deepcopy({k: dict(v) if isinstance(v, Mapping) else v
+                       for k, v in raw.items()})
+  for old, (new, values) in RENAMED_FIELDS.items():
+    group, name = old.split('.')
+    if name in out.get(group, {}):
+      value = out[group].pop(name)
+      new_group, new_name = new.split('.')
+      out.setdefault(new_group, {}).setdefault(new_name,
+                                               values.get(value, value))
+  for dotted, value in ADDED_FIELDS.items():
+    group, name = dotted.split('.')
+    if group in out:
+      out[group].setdefault(name, value)
+  return out
+
+
 def _config_as_json(config: Any) -> dict[str, Any]:
   """A config (ConfigDict or Settings) as the plain dict config.json holds."""
   if isinstance(config, settings_lib.Settings):
@@ -122,7 +176,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
   Returns:
     Its `config.json` as a ConfigDict, with fields added since it was
-    written set as that version ran (`settings.migrate`).
+    written set as that version ran (`migrate_config`).
 
   Raises:
     CheckpointError: there is no readable config.json.
@@ -133,18 +187,18 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
       raw = json.load(f)
   except (OSError, ValueError) as e:
     raise CheckpointError(f'{path} cannot be read ({e})') from e
-  return ml_collections.ConfigDict(settings_lib.migrate(raw))
+  return ml_collections.ConfigDict(migrate_config(raw))
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]
                        ) -> list[str]:
   """Run-defining fields that differ, as 'field: old -> new'.
 
-  Both configs are first brought to this version's form (`settings.migrate`),
+  Both configs are first brought to this version's form (`migrate_config`),
   so a field added since the old one was written has the value it ran with.
   """
-  a = traverse_util.flatten_dict(settings_lib.migrate(old), sep='.')
-  b = traverse_util.flatten_dict(settings_lib.migrate(new), sep='.')
+  a = traverse_util.flatten_dict(migrate_config(old), sep='.')
+  b = traverse_util.flatten_dict(migrate_config(new), sep='.')
   return [f'{k}: {a.get(k)!r} -> {b.get(k)!r}' for k in RUN_DEFINING_FIELDS
           if a.get(k) != b.get(k)]
 

@@ -112,12 +112,13 @@ def test_torch_baseline_iterations_alternate_with_the_jax_ones():
 import sys
 sys.path[:0] = ['.', 'benchmarks']
 import ml_collections
+import torch_baseline
 import train_step as bench
 from configs import test
 config = ml_collections.ConfigDict(test.get_config().to_dict())
 config.model.arch = 'simple'
 order = []
-baseline = bench.TorchBaseline(config, warmup=0)
+baseline = torch_baseline.TorchBaseline(config, warmup=0)
 result = bench.benchmark(config, 3, warmup=1, flops=False,
                          between=lambda: order.append(baseline()))
 assert len(order) == 3 and len(baseline.times) == 3, order

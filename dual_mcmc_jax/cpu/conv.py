@@ -2,24 +2,18 @@
 
 Both Langevin chains differentiate a network with respect to its *input*
 at every step, so the input gradient of the convolutions is most of an
-iteration's work (`benchmarks/profile_trace.py`). JAX's autodiff writes
-that gradient as a convolution of the output gradient with the flipped
-kernel, expressed by swapping the kernel's dimension labels (`01oi`) instead
-of moving any data. XLA's CPU backend has no fast kernel for that layout
-inside loops and runs those convolutions 12x or more slower than the same
-convolution with a standard `01io` kernel (see docs/performance.md).
-
+iteration's work. JAX's autodiff writes it as a convolution of the output
+gradient with the flipped kernel, expressed by swapping the kernel's
+dimension labels (`01oi`); XLA's CPU backend runs that layout 12x or more
+slower inside loops than the standard `01io` one (docs/performance.md).
 `conv2d` computes the same forward pass; its custom VJP materialises the
-flipped, in/out-swapped kernel (a copy of the small weight tensor) and calls
-an ordinary forward convolution, which XLA maps onto its fast convolution
-kernels. For a stride-2 convolution that gradient convolves the output
-gradient dilated by 2, three quarters zeros, which XLA's CPU convolution
-multiplies too; it is computed as four quarter-kernel convolutions of the
-undilated gradient instead (`_dilated_conv_by_phases`). The kernel
-gradient keeps JAX's own rule, except for transposed (input-dilated)
-convolutions, whose autodiff kernel gradient is as slow on the CPU and is
-computed as a plain convolution of the explicitly dilated input instead.
-The values are those of autodiff up to floating-point summation order.
+flipped, in/out-swapped kernel and calls an ordinary forward convolution.
+A stride-2 convolution's input gradient, a convolution of the output
+gradient dilated by 2 (three quarters zeros, which XLA multiplies too), is
+computed as four quarter-kernel convolutions instead
+(`_dilated_conv_by_phases`). Kernel gradients keep JAX's rule, except for
+transposed convolutions, whose kernel gradient is a plain convolution of the
+explicitly dilated input. Values are autodiff's up to summation order.
 
 On the same rule, four kinds of convolution skip XLA's convolution
 altogether (docs/performance.md, changes 9-13, 16, 18 and 19):
@@ -47,8 +41,7 @@ not change, its slices and transposes are computed once before the loop.
 
 Winograd's algorithms trade multiplications for additions: their values
 differ from the direct convolution's by float32 rounding (about 1e-6
-relative; `tests/cpu_test.py`, and the golden PyTorch fixtures within
-1e-5).
+relative; `tests/cpu_test.py`; the golden PyTorch fixtures within 1e-5).
 
 `CpuConvOps` hands all of it to the networks (`networks.layers.ConvOps`,
 the hook every conv of the nets computes through), and adds two more
@@ -425,10 +418,10 @@ def _is_winograd(x: Array, w: Array, strides: Pair,
 
 def _is_whole_window(x: Array, w: Array, padding: tuple[Pair, Pair],
                      lhs_dilation: Pair) -> bool:
-  """A kernel that covers the whole unpadded input: one output position.
+  """Whether the kernel covers the whole unpadded input (one output).
 
-  The plain nets' 4x4-to-1x1 layers (the EBM's output, the inference
-  heads, the generator's first layer's input gradient).
+  The plain nets' 4x4-to-1x1 layers: the EBM's output, the inference
+  heads, the generator's first layer's input gradient.
   """
   return (x.ndim == 4 and tuple(w.shape[:2]) == tuple(x.shape[1:3])
           and padding == ((0, 0), (0, 0)) and lhs_dilation == (1, 1))
@@ -479,11 +472,10 @@ def conv2d(x: Array, w: Array, strides: Sequence[int] = (1, 1),
 
 
 def fold_pool(w: Array) -> Array:
-  """The kernel of a stride-s conv followed by a 2x2 average pool.
+  """[k, k, in, out] -> the [k + 1, k + 1, in, out] kernel of conv + pool.
 
-  Conv then pool equals one conv of twice the stride with the kernel
-  convolved with a 2x2 box / 4: [k, k, in, out] -> [k + 1, k + 1, in, out]
-  (exact up to summation order).
+  A conv then a 2x2 average pool is one conv of twice the stride with the
+  kernel convolved with a 2x2 box / 4 (exact up to summation order).
   """
   w = 0.25 * jnp.pad(w, ((0, 1), (0, 1), (0, 0), (0, 0)))
   w = w + jnp.roll(w, 1, 0)
