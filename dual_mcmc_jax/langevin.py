@@ -45,7 +45,8 @@ import jax.numpy as jnp
 from dual_mcmc_jax import noise as noise_lib
 
 if TYPE_CHECKING:
-  from dual_mcmc_jax.settings import ChainSettings  # pylint: disable=g-bad-import-order
+  # pylint: disable-next=g-bad-import-order
+  from dual_mcmc_jax.settings import ChainSettings
 
 Array = jax.Array
 # energy_fn(x, aux) -> (scalar energy summed over the batch, new aux).

@@ -7,7 +7,7 @@ it (jcui1224/dual-MCMC, `train.py`, the body of `fit`), on the accelerator.
 
 1. proposal:           z ~ N(0, I), x0 = G(z)
 2. x-revision:         x1 = Tx(x0), Langevin on x under the EBM
-3. z-revision:         z0 ~ q(z|x), z1 = Tz(z0), Langevin on z under G's posterior
+3. z-revision:         z0 ~ q(z|x), z1 = Tz(z0), Langevin on z (G's posterior)
 4. generator update:   Gfactor ||G(z1) - x||^2 + Sfactor ||x0 - x1||^2
 5. inference update:   Gfactor NLL(z1 | I(x)) + Ifactor NLL(z | I(x1))
 6. second chain:       x_neg = Tx(G'(z)) from the updated generator
@@ -113,14 +113,14 @@ def dual_mcmc_iteration(st: Stages, state: ts.TrainState, x: Array
                         ) -> tuple[ts.TrainState, Metrics, dict[str, Array]]:
   """Algorithm 1 with the authors' second chain (module docstring)."""
   keys = StepKeys.of(state)
-  proposal = st.propose(state, x.shape[0], keys.prior)                # 1.
-  x1, ebm_sn, m_x = st.revise_x(state, proposal.x0, keys.x_chain)      # 2.
-  z1, gen_sn, m_z = st.revise_z(state, proposal.gen_state, x, keys)    # 3.
-  gen, m_g = st.update_generator(state, gen_sn, proposal, x, x1, z1=z1) # 4.
-  inf, m_i = st.update_inference(state, x, proposal.z, z1, x1)        # 5.
-  neg, gen = st.negatives(state, gen, ebm_sn, x, keys.negatives,      # 6.
+  proposal = st.propose(state, x.shape[0], keys.prior)                    # 1
+  x1, ebm_sn, m_x = st.revise_x(state, proposal.x0, keys.x_chain)         # 2
+  z1, gen_sn, m_z = st.revise_z(state, proposal.gen_state, x, keys)       # 3
+  gen, m_g = st.update_generator(state, gen_sn, proposal, x, x1, z1=z1)   # 4
+  inf, m_i = st.update_inference(state, x, proposal.z, z1, x1)            # 5
+  neg, gen = st.negatives(state, gen, ebm_sn, x, keys.negatives,          # 6
                           z=proposal.z, x1=x1)
-  ebm, m_e = st.update_ebm(state, x, neg)                              # 7.
+  ebm, m_e = st.update_ebm(state, x, neg)                                 # 7
   state, metrics = st.finish(state, {**m_x, **m_z, **m_g, **m_i, **m_e},
                              ebm=ebm, gen=gen, inf=inf, **neg.state_updates)
   return state, metrics, dict(z=proposal.z, x0=proposal.x0, x1=x1, z1=z1,
@@ -487,8 +487,8 @@ class _Builder:
                'lr_g': opt.lr_gen(state.step), 'lr_i': opt.lr_inf(state.step)}
     finite = jnp.all(jnp.stack([
         jnp.isfinite(metrics[k]) for k in ('loss_g', 'loss_i', 'loss_e')]))
-    metrics['healthy'] = jnp.logical_and(
-        finite, jnp.abs(metrics['energy_diff']) <= self.s.loss.energy_diff_limit)
+    bounded = jnp.abs(metrics['energy_diff']) <= self.s.loss.energy_diff_limit
+    metrics['healthy'] = jnp.logical_and(finite, bounded)
     return state.replace(step=state.step + 1, **fields), metrics
 
 
