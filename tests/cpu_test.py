@@ -13,6 +13,7 @@ plug-in's reason to exist on XLA's CPU backend, and change with XLA.
 
 import dataclasses
 import re
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -417,3 +418,25 @@ def test_an_unknown_switch_is_one_line_naming_the_values():
                      r"is unknown; allowed: 'auto', 'on', 'off'"):
     settings_lib.from_config(config)
 
+
+
+def test_stages_in_order_survive_a_second_trace():
+  """Each trace orders its own stages; none waits on an earlier trace's."""
+
+  @dataclasses.dataclass(frozen=True)
+  class TwoStages:
+    first: Any
+    second: Any
+    finish: Any
+
+  stages = schedule.in_order(TwoStages(
+      first=lambda state, x: x * 2.0, second=lambda state, y: y + state,
+      finish=lambda state, y: y))
+
+  def iteration(state, x):  # No 'propose' stage, like short-run MCMC.
+    return stages.finish(state, stages.second(state, stages.first(state, x)))
+
+  with jax.checking_leaks():  # A tracer of the first trace would leak.
+    for n in (3, 2):  # Two shapes: two traces of the same stages.
+      out = jax.jit(iteration)(jnp.ones(()), jnp.arange(n, dtype=jnp.float32))
+      np.testing.assert_array_equal(out, 2.0 * np.arange(n) + 1.0)

@@ -54,8 +54,10 @@ def in_order(stages: Any) -> Any:
 
   A stage's plain array arguments (data, samples, latents; not the train
   state or the networks' state dicts) are passed through `after` with the
-  previous stage's outputs. The order is recorded while the step is traced
-  and started afresh by the first stage, `propose`.
+  previous stage's outputs. Every stage of one iteration receives the same
+  train state object, which is how a stage knows that the outputs it
+  waits for are its own iteration's; `finish`, the last stage of every
+  iteration, forgets them.
 
   Args:
     stages: a dataclass of stage functions `(state, *args) -> outputs`.
@@ -63,24 +65,24 @@ def in_order(stages: Any) -> Any:
   Returns:
     The same stages, in order.
   """
-  previous: list[Any] = []
+  previous: dict[str, Any] = {}
 
-  def wait(a: Any) -> Any:
-    return after(previous[-1], a) if isinstance(a, jax.Array) else a
-
-  def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+  def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
     def run(state, *args, **kwargs):
-      if name == 'propose':
-        previous.clear()
-      elif previous:
+      if previous.get('state') is state:
+        wait = lambda a: (after(previous['out'], a)
+                          if isinstance(a, jax.Array) else a)
         args = tuple(wait(a) for a in args)
         kwargs = {k: wait(v) for k, v in kwargs.items()}
       out = fn(state, *args, **kwargs)
-      previous[:] = [out]
+      previous.update(state=state, out=out)
       return out
     return run
 
-  return dataclasses.replace(stages, **{
-      f.name: wrap(f.name, getattr(stages, f.name))
-      for f in dataclasses.fields(stages)
-      if callable(getattr(stages, f.name)) and f.name != 'finish'})
+  def finish(state, *args, **kwargs):
+    previous.clear()  # The trace's values are not kept past it.
+    return stages.finish(state, *args, **kwargs)
+
+  return dataclasses.replace(stages, finish=finish, **{
+      f.name: wrap(getattr(stages, f.name))
+      for f in dataclasses.fields(stages) if f.name != 'finish'})
