@@ -381,6 +381,11 @@ def _check(where: str, f: dataclasses.Field, value: Any) -> None:
 
 def _group(name: str, cls: type[Any], raw: Mapping[str, Any]) -> Any:
   hints = typing.get_type_hints(cls)
+  unknown = sorted(set(raw) - set(hints))
+  if unknown:
+    raise ValueError(f'config.{name}.{unknown[0]} is not a field of this '
+                     f'version; the fields of config.{name} are those of '
+                     'configs/default.py')
   values = {}
   for f in _fields(cls):
     where = f'{name}.{f.name}'

@@ -17,6 +17,7 @@ import shutil
 import jax
 import ml_collections
 import numpy as np
+import pytest
 
 from configs import test as test_config
 from dual_mcmc_jax import checkpointing
@@ -74,3 +75,11 @@ def test_training_resumes_from_it(tmp_path):
   state = train.train_and_evaluate(config, workdir)
   assert int(state.step) == 3
   assert os.path.isdir(os.path.join(workdir, 'checkpoints', '3'))
+
+
+def test_a_field_this_version_does_not_have_is_one_line():
+  config = test_config.get_config()
+  config.model.conv_input_grad = 'xla'  # An old name (now cpu_plugin).
+  with pytest.raises(ValueError, match=r'^config\.model\.conv_input_grad is '
+                     r'not a field of this version'):
+    settings_lib.from_config(config)
