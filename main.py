@@ -22,6 +22,7 @@ import sys
 
 # pylint: disable=g-bad-import-order
 from dual_mcmc_jax import runtime  # First: quiets TensorFlow before any import of it.
+runtime.quiet_ctrl_c()  # Before the slow imports: Ctrl-C is one line.
 from absl import app
 from absl import flags
 from absl import logging
@@ -125,7 +126,8 @@ def run(mode: str, config, workdir: str) -> None:
   Raises:
     SystemExit: with 'error: <one line>' (exit status 1) on bad input, a
       workdir that cannot be used, a full disk, or a run that diverged with
-      no rollbacks left.
+      no rollbacks left; with status 130 and one line after Ctrl-C
+      (training saves the step it was on first).
   """
   try:
     # Every mode reads the config into its settings first
@@ -143,6 +145,9 @@ def run(mode: str, config, workdir: str) -> None:
     # One clear line and a non-zero exit instead of a traceback.
     message = ' '.join(str(e).split())
     sys.exit(f'error: {message}')
+  except train.Interrupted as e:
+    sys.stderr.write(f'{e}\n')
+    sys.exit(train.INTERRUPTED_STATUS)
 
 
 def main(argv):

@@ -31,6 +31,7 @@ from ml_collections import config_flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from dual_mcmc_jax import runtime
+runtime.quiet_ctrl_c()  # Ctrl-C is one line from here.
 from dual_mcmc_jax import checkpointing
 from dual_mcmc_jax import langevin
 from dual_mcmc_jax import sharding

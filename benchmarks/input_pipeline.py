@@ -43,8 +43,9 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from dual_mcmc_jax import runtime  # First: Ctrl-C is one line from here.
+runtime.quiet_ctrl_c()
 from dual_mcmc_jax import data
-from dual_mcmc_jax import runtime
 from dual_mcmc_jax import settings as settings_lib
 from dual_mcmc_jax import sharding
 

@@ -95,13 +95,14 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from dual_mcmc_jax import runtime  # First: Ctrl-C is one line from here.
+runtime.quiet_ctrl_c()
 from benchmarks import heldout2d
 from benchmarks import toy2d_report as report
 from benchmarks import toy2d_score as score_lib
 from configs import toy2d as toy2d_config
 from dual_mcmc_jax import data
 from dual_mcmc_jax import experiment
-from dual_mcmc_jax import runtime
 from dual_mcmc_jax import networks
 from dual_mcmc_jax import toy2d
 from dual_mcmc_jax import train_state as ts

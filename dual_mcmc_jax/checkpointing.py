@@ -27,10 +27,14 @@ from __future__ import annotations
 import copy
 import errno
 import json
+import logging as logging_lib
 import os
+import sys
 from typing import Any, Mapping
+import warnings
 
 from absl import logging
+from etils import epath
 from flax import traverse_util
 import jax
 import ml_collections
@@ -203,14 +207,22 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]
           if a.get(k) != b.get(k)]
 
 
-def check_and_store_config(settings: settings_lib.Settings, workdir: str,
-                           has_checkpoint: bool) -> None:
-  """Refuses to resume another config's checkpoints; stores the config.
+def check_config(settings: settings_lib.Settings, workdir: str,
+                 has_checkpoint: bool) -> list[str]:
+  """Refuses another config's checkpoints; changes nothing on disk.
+
+  Every mode that reads a workdir runs it before restoring: training,
+  `--mode=eval` / `sample`, the benchmarks' scoring and the notebook (all
+  through `load_state` or `check_and_store_config`).
 
   Args:
     settings: the settings of this run.
     workdir: the run's directory; its `config.json` is the stored config.
     has_checkpoint: whether the workdir holds a finished checkpoint.
+
+  Returns:
+    The run-defining differences ('field: old -> new'), when
+    `config.recovery.allow_config_change` lets them through.
 
   Raises:
     CheckpointError: the stored config differs in a run-defining field (or
@@ -218,28 +230,131 @@ def check_and_store_config(settings: settings_lib.Settings, workdir: str,
       `config.recovery.allow_config_change` is not set.
   """
   path = os.path.join(workdir, CONFIG_FILE)
-  new = _config_as_json(settings)
-  allow = settings.recovery.allow_config_change
-  if has_checkpoint and os.path.exists(path):
-    try:
-      with open(path) as f:
-        old = json.load(f)
-      diffs = config_differences(old, new)
-    except (OSError, ValueError) as e:
-      diffs = [f'{path} cannot be read ({e})']
-    if diffs and not allow:
-      raise CheckpointError(
-          f'{workdir} holds checkpoints of a different config '
-          f'({"; ".join(diffs)}); use a new --workdir, or pass '
-          f'{_FORCE_FLAG} to resume them anyway')
-    if diffs:
-      logging.warning('Resuming %s with a changed config (%s) because '
-                      'config.recovery.allow_config_change is set.', workdir,
-                      '; '.join(diffs))
-      # Keep the config the existing checkpoints were trained with.
-      os.replace(path, os.path.join(workdir, 'config.before_change.json'))
+  if not has_checkpoint:
+    return []
+  if not os.path.exists(path):
+    logging.warning('%s holds checkpoints but no %s: they are used with this '
+                    'config (their arrays are checked against its nets).',
+                    workdir, CONFIG_FILE)
+    return []
+  try:
+    with open(path) as f:
+      diffs = config_differences(json.load(f), _config_as_json(settings))
+  except (OSError, ValueError) as e:
+    diffs = [f'{path} cannot be read ({e})']
+  if diffs and not settings.recovery.allow_config_change:
+    raise CheckpointError(
+        f'{workdir} holds checkpoints of a different config '
+        f'({"; ".join(diffs)}); use a new --workdir, or pass '
+        f'{_FORCE_FLAG} to resume them anyway')
+  if diffs:
+    logging.warning('Using %s with a changed config (%s) because '
+                    'config.recovery.allow_config_change is set.', workdir,
+                    '; '.join(diffs))
+  return diffs
+
+
+def check_and_store_config(settings: settings_lib.Settings, workdir: str,
+                           has_checkpoint: bool) -> None:
+  """`check_config`, then stores this run's config as the workdir's.
+
+  A changed config let through by `config.recovery.allow_config_change`
+  keeps the old one as `config.before_change.json`.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if check_config(settings, workdir, has_checkpoint):
+    # Keep the config the existing checkpoints were trained with.
+    os.replace(path, os.path.join(workdir, 'config.before_change.json'))
   if jax.process_index() == 0:
-    write_json_atomically(path, new)
+    write_json_atomically(path, _config_as_json(settings))
+
+
+def _key(entry: Any) -> str:
+  for attr in ('key', 'name', 'idx'):
+    if hasattr(entry, attr):
+      return str(getattr(entry, attr))
+  return str(entry)
+
+
+def _shapes(tree: Any) -> dict[tuple[str, ...], tuple[int, ...]]:
+  return {tuple(_key(k) for k in path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def shape_mismatch(directory: Any, step: int, abstract: Any) -> str | None:
+  """The first array a checkpoint stores in another shape than `abstract`.
+
+  Reads the checkpoint's metadata only. A config whose nets differ from the
+  checkpoint's is not damage; the reason is returned so that it is said as
+  what it is. None: the shapes agree, or the metadata cannot be read (then
+  the restore itself tells whether the checkpoint is damaged).
+  """
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    stored = _shapes(handler.metadata(
+        epath.Path(str(directory)) / str(step) / 'default').tree)
+  except Exception:  # pylint: disable=broad-exception-caught
+    return None
+  finally:
+    handler.close()
+  wanted = _shapes(abstract)
+  for path in sorted(wanted.keys() & stored.keys()):
+    if wanted[path] != stored[path]:
+      return (f'{".".join(path)} is {stored[path]} in the checkpoint of step '
+              f'{step} and {wanted[path]} in this config\'s nets')
+  missing = sorted(wanted.keys() ^ stored.keys())
+  if missing:
+    return (f'{".".join(missing[0])} is in one of the checkpoint of step '
+            f'{step} and this config\'s state, not the other')
+  return None
+
+
+class _AbandonedReadsFilter(logging_lib.Filter):
+  """Drops asyncio's log line for a failed read nobody waited for."""
+
+  def filter(self, record: logging_lib.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (record.getMessage().startswith(
+        ('Future exception was never', 'Task exception was never'))
+                and _is_abandoned_read_error(exc))
+
+
+def _is_abandoned_read_error(exc: BaseException | None) -> bool:
+  if isinstance(exc, RuntimeError) and str(exc) == 'Event loop is closed':
+    return True
+  return exc is not None and 'while reading array index' in str(exc)
+
+
+def _quiet_abandoned_reads() -> None:
+  """Drops the reports of reads a failed restore leaves in flight.
+
+  When one array of a checkpoint cannot be read, orbax's restore fails and
+  closes its event loop while TensorStore still completes the other reads.
+  Each of them is then reported as it ends: through `sys.unraisablehook`
+  ('Event loop is closed', or the read's own failure, hundreds of
+  tracebacks), through asyncio's log ('Future' or 'Task exception was
+  never retrieved') and as never-awaited coroutines. Those reads are abandoned on
+  purpose (the fallback restores another checkpoint), so exactly those
+  reports are dropped; the hooks are set before a restore, since the first
+  report can come before the restore's own exception. Idempotent.
+  """
+  if getattr(sys.unraisablehook, 'drops_abandoned_reads', False):
+    return
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    code = getattr(unraisable.object, 'cr_code', None)
+    if _is_abandoned_read_error(unraisable.exc_value) or (
+        code is not None and code.co_name.startswith('_read') and
+        'orbax' in code.co_filename):
+      return
+    previous(unraisable)
+
+  hook.drops_abandoned_reads = True
+  sys.unraisablehook = hook
+  logging_lib.getLogger('asyncio').addFilter(_AbandonedReadsFilter())
+  warnings.filterwarnings('ignore', message=r"coroutine '_read\w*' was never "
+                          'awaited', category=RuntimeWarning)
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract: Any
@@ -259,7 +374,14 @@ def restore_latest(manager: ocp.CheckpointManager, abstract: Any
   """
   steps = sorted(manager.all_steps(), reverse=True)
   errors = []
+  _quiet_abandoned_reads()
   for step in steps:
+    mismatch = shape_mismatch(manager.directory, step, abstract)
+    if mismatch:
+      raise CheckpointError(
+          f'the checkpoints in {manager.directory} hold other nets than this '
+          f'config makes ({mismatch}); use the config they were trained '
+          'with, or a new --workdir')
     try:
       state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as e:  # pylint: disable=broad-exception-caught
@@ -334,23 +456,26 @@ def load_state(config: ml_collections.ConfigDict | settings_lib.Settings,
 
   Raises:
     FileNotFoundError: the workdir has no checkpoint.
-    CheckpointError: it has checkpoints but none can be restored.
+    CheckpointError: its checkpoints belong to another config, or none can
+      be restored.
   """
   settings = settings_lib.from_config(config)
   models = ts.create_models(settings)
   # The optimiser state's structure does not depend on the schedule length.
   optimizers = ts.create_optimizers(settings.optim, steps_per_epoch=1)
-  manager = create_checkpoint_manager(workdir, 1_000_000)
   abstract = abstract_state(models, optimizers, settings.training.seed,
                             replay=ts.replay_spec(settings.training))
-  if step is not None:
-    return models, manager.restore(step,
-                                   args=ocp.args.StandardRestore(abstract))
-  restored = restore_latest(manager, abstract)
-  if restored is None:
-    raise FileNotFoundError(f'no checkpoint in {manager.directory}; train '
-                            'first or check --workdir')
-  return models, restored[1]
+  with create_checkpoint_manager(workdir, 1_000_000) as manager:
+    check_config(settings, os.path.abspath(workdir),
+                 manager.latest_step() is not None)
+    if step is not None:
+      return models, manager.restore(step,
+                                     args=ocp.args.StandardRestore(abstract))
+    restored = restore_latest(manager, abstract)
+    if restored is None:
+      raise FileNotFoundError(f'no checkpoint in {manager.directory}; train '
+                              'first or check --workdir')
+    return models, restored[1]
 
 
 # How a full disk shows up: an OSError from Python's file calls, or a

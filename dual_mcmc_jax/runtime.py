@@ -1,8 +1,8 @@
-"""Process start-up: which devices JAX uses, and a quiet TensorFlow.
+"""Process start-up: which devices JAX uses, a quiet TensorFlow and Ctrl-C.
 
 Entry points (main.py, the benchmarks, the notebook and the import script)
-import this module before anything else of the project and call
-`configure()` before JAX picks its devices:
+import this module before anything else of the project (it imports no JAX
+itself) and call `configure()` before JAX picks its devices:
 
 * requirements.txt installs JAX's CUDA 12 build on every Linux machine. On a
   machine without a usable GPU that build's plugin fails to start and JAX
@@ -12,6 +12,8 @@ import this module before anything else of the project and call
   GPU is left alone, and so is an explicit `JAX_PLATFORMS`.
 * TensorFlow only reads datasets here; its C++ start-up notices (oneDNN,
   CPU features) are switched off unless the user set the variables.
+* The command lines call `quiet_ctrl_c()` first of all, so that Ctrl-C ends
+  them with one line and exit status 130, never a traceback.
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import os
+import signal
 import sys
 from typing import Any, Callable
 
 from absl import app
 from absl import logging
-import jax
 
 _CPU_REASON = None
 
@@ -61,6 +63,7 @@ quiet_tensorflow()
 
 def configure() -> None:
   """Chooses the CPU where a CUDA build is installed but finds no GPU."""
+  import jax  # pylint: disable=g-import-not-at-top
   global _CPU_REASON
   if os.environ.get('JAX_PLATFORMS') or jax.config.jax_platforms:
     return
@@ -72,6 +75,7 @@ def configure() -> None:
 
 def device_summary() -> str:
   """One line: the devices in use, and why the CPU where that was chosen."""
+  import jax  # pylint: disable=g-import-not-at-top
   devices = jax.devices()
   kinds = sorted({d.device_kind for d in devices})
   line = (f'JAX {jax.__version__}: process {jax.process_index()} of '
@@ -81,9 +85,36 @@ def device_summary() -> str:
                  else '')
 
 
+def _interrupted(signum: int, frame: Any) -> None:
+  # Stops at once. Raising here instead would be lost wherever the handler
+  # happens to run inside a callback whose exceptions Python ignores (a
+  # garbage-collection hook), and the command would go on.
+  del signum, frame
+  os.write(2, b'Interrupted (Ctrl-C).\n')
+  os._exit(INTERRUPTED_STATUS)  # pylint: disable=protected-access
+
+
+def quiet_ctrl_c() -> None:
+  """Makes Ctrl-C end a command at once, with one line and exit status 130.
+
+  Entry points call it first, before their imports, so that an interrupt
+  anywhere (an import, a compilation, an evaluation) prints one line
+  instead of a KeyboardInterrupt traceback. What they write is written
+  atomically (JSON files by rename, checkpoints as temporary directories
+  that are never loaded), so stopping at once leaves nothing half-written
+  that is later read. Training replaces it while it runs: there Ctrl-C
+  first saves the step in progress (train.py).
+  Libraries and notebooks do not call it, so KeyboardInterrupt keeps
+  interrupting a notebook cell.
+  """
+  signal.signal(signal.SIGINT, _interrupted)
+
+
 # What bad input raises in this project: a config field, a missing file, a
 # workdir or dataset that cannot be used.
 INPUT_ERRORS = (ValueError, OSError)
+# The exit status after Ctrl-C (128 + SIGINT), in every entry point.
+INTERRUPTED_STATUS = 130
 
 
 def run_main(main: Callable[[list[str]], Any]) -> None:
@@ -91,7 +122,7 @@ def run_main(main: Callable[[list[str]], Any]) -> None:
 
   Sets up the devices (`configure`) and logs them once; a ValueError or
   OSError from `main` becomes `error: <message>` on stderr and exit status
-  1, instead of a traceback.
+  1, and Ctrl-C one line and exit status 130, instead of a traceback.
   """
   def wrapped(argv: list[str]) -> Any:
     configure()
@@ -100,5 +131,8 @@ def run_main(main: Callable[[list[str]], Any]) -> None:
       return main(argv)
     except INPUT_ERRORS as e:
       sys.exit(f'error: {" ".join(str(e).split())}')
+    except KeyboardInterrupt:
+      sys.stderr.write('Interrupted (Ctrl-C).\n')
+      sys.exit(INTERRUPTED_STATUS)
 
   app.run(wrapped)

@@ -33,6 +33,7 @@ from dual_mcmc_jax import checkpointing
 from dual_mcmc_jax import data
 from dual_mcmc_jax import experiment
 from dual_mcmc_jax import recovery
+from dual_mcmc_jax import runtime
 from dual_mcmc_jax import settings as settings_lib
 from dual_mcmc_jax import sharding
 from dual_mcmc_jax import train_state as ts
@@ -117,6 +118,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict |
     checkpointing.CheckpointError: the workdir cannot be used (unwritable,
       another config's checkpoints, unreadable checkpoints, disk full).
     TrainingDivergedError: diverged with no rollbacks left.
+    Interrupted: Ctrl-C stopped the run, after saving the step it was on.
   """
   from clu import metric_writers  # pylint: disable=g-import-not-at-top,redefined-outer-name
 
@@ -138,8 +140,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict |
           state, rollbacks = _roll_back(loop, rollbacks, d)
   finally:
     loop.preemption.restore()
-  logging.info('Finished training at step %d.', int(jax.device_get(state.step)))
+    _close(loop.manager)
+  step = int(jax.device_get(state.step))
+  if loop.preemption.interrupted:
+    raise Interrupted(state, step, loop.manager.directory)
+  logging.info('Finished training at step %d.', step)
   return state
+
+
+def _close(manager: ocp.CheckpointManager) -> None:
+  """Closes orbax's threads and event loops before the process goes on.
+
+  The loop has waited for its saves (or is leaving on an error, which is
+  the one reported), so nothing is lost if closing fails.
+  """
+  try:
+    manager.close()
+  except Exception:  # pylint: disable=broad-exception-caught
+    logging.info('Closing the checkpoint manager failed after the run.')
 
 
 def _open_loop(settings: settings_lib.Settings, workdir: str) -> _Loop:
@@ -323,7 +341,7 @@ class _Segment:
       with loop.report.timed('checkpoint'):
         checkpointing.save(loop.manager, step, state, self.last_save)
       self.last_save = step
-    if stop:
+    if stop and not loop.preemption.interrupted:
       logging.warning('SIGTERM received: saved a checkpoint at step %d; '
                       'rerun the same command to resume.', step)
     return stop
@@ -353,29 +371,71 @@ class _Segment:
     checkpointing.wait_until_finished(self.loop.manager, self.last_save)
 
 
-class _Preemption:
-  """Turns SIGTERM (pre-emption) into a stop that every process agrees on.
+class Interrupted(Exception):
+  """Ctrl-C stopped training after a checkpoint of the current step.
 
-  One process: a SIGTERM handler sets a flag the loop reads every step.
+  Attributes:
+    state: the train state that was saved.
+  """
+
+  def __init__(self, state: ts.TrainState, step: int, directory: Any):
+    super().__init__(
+        f'Interrupted (Ctrl-C): saved a checkpoint at step {step} in '
+        f'{directory}; rerun the same command to resume.')
+    self.state = state
+
+
+# The exit status of a run stopped by Ctrl-C, saved or not.
+INTERRUPTED_STATUS = runtime.INTERRUPTED_STATUS
+
+
+class _Preemption:
+  """Turns SIGTERM (pre-emption) and Ctrl-C into a stop at a saved step.
+
+  One process: a handler sets a flag the loop reads every step; the step
+  in progress finishes and is saved. SIGTERM then ends the run normally
+  (exit status 0, a scheduler restarts it); Ctrl-C (SIGINT) ends it with
+  `Interrupted` (exit status 130). A second Ctrl-C before the save is done
+  stops the process at once, with one line: the unfinished save is a
+  temporary directory that is never loaded, and the checkpoint before it
+  stays.
+
   Several processes (`jax.distributed.initialize`): JAX's preemption service
   catches the SIGTERM of any process and tells the others, and orbax's
   `CheckpointManager.reached_preemption` becomes True at the same step on
   all of them, so that they save the same checkpoint together and none is
-  left waiting in a collective. (A Python handler there would take SIGTERM
-  away from JAX's service, so none is installed.)
+  left waiting in a collective. A Python SIGTERM handler there would take
+  the signal away from JAX's service, so none is installed; Ctrl-C is
+  passed on to the service as a SIGTERM to the process itself.
   """
 
   def __init__(self, manager: ocp.CheckpointManager):
     self.requested = False
+    self.interrupted = False
     self._manager = manager
-    self._previous = None
+    self._previous = {}
     self._service = jax.process_count() > 1
-    if (not self._service and
-        threading.current_thread() is threading.main_thread()):
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    if threading.current_thread() is threading.main_thread():
+      signals = [signal.SIGINT] + ([] if self._service else [signal.SIGTERM])
+      for sig in signals:
+        self._previous[sig] = signal.signal(sig, self._handle)
 
   def _handle(self, signum, frame):
-    del signum, frame
+    del frame
+    if signum == signal.SIGINT:
+      if self.interrupted:
+        os.write(2, (
+            f'error: interrupted again: stopped without waiting for the '
+            f'save; the finished checkpoints in {self._manager.directory} '
+            'are intact (an unfinished one is never loaded); rerun the same '
+            'command to resume\n').encode())
+        os._exit(INTERRUPTED_STATUS)  # pylint: disable=protected-access
+      self.interrupted = True
+      os.write(2, b'Ctrl-C: finishing this step and saving it (Ctrl-C again '
+               b'stops at once, keeping the last checkpoint)\n')
+      if self._service:
+        os.kill(os.getpid(), signal.SIGTERM)  # To JAX's preemption service.
+        return
     self.requested = True
 
   def reached(self, step: int) -> bool:
@@ -385,9 +445,9 @@ class _Preemption:
     return self.requested
 
   def restore(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
+    self._previous = {}
 
 
 class _MetricMeans:

@@ -18,6 +18,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from dual_mcmc_jax import runtime  # First: quiets TensorFlow.
+runtime.quiet_ctrl_c()  # Ctrl-C is one line from here.
 from absl import app
 from absl import flags
 from ml_collections import config_flags

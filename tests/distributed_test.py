@@ -4,7 +4,8 @@ Each process runs one CPU device and reads its own half of every global
 batch; both must end with the parameters that a single process computes on
 the whole batch. A SIGTERM to one of them stops both at the same
 step with one checkpoint, and the restarted pair ends exactly where an
-uninterrupted pair does.
+uninterrupted pair does. Ctrl-C (SIGINT) to one of them reaches the same
+agreed stop.
 """
 
 import json
@@ -42,8 +43,14 @@ _PREEMPTIBLE_WORKER = textwrap.dedent('''
     import jax
     from dual_mcmc_jax import train
     from tests import distributed_test
-    state = train.train_and_evaluate(distributed_test._config(steps), workdir)
+    try:
+      state = train.train_and_evaluate(distributed_test._config(steps),
+                                       workdir)
+      interrupted = False
+    except train.Interrupted as e:  # Ctrl-C: saved, then stopped.
+      state, interrupted = e.state, True
     print(json.dumps({'process_count': jax.process_count(),
+                      'interrupted': interrupted,
                       'device_count': jax.device_count(),
                       'step': int(state.step),
                       'sums': distributed_test.param_sums(
@@ -94,10 +101,9 @@ def _config(steps: int):
   return config
 
 
-def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes_exactly(
-    tmp_path):
-  """Pre-emption agreed across processes; both halves train like one."""
-  workdir = str(tmp_path / 'preempted')
+def _stop_one_after_the_first_checkpoint(workdir: str,
+                                         sig: int) -> list[dict]:
+  """Starts a long pair, signals process 1 once step 3 is saved."""
   procs = _start_pair(workdir, 100_000)
   first = os.path.join(workdir, 'checkpoints', '3')
   deadline = time.time() + 400
@@ -105,8 +111,26 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes_exactly(
     assert time.time() < deadline and all(p.poll() is None for p in procs), (
         'training did not reach its first checkpoint')
     time.sleep(0.2)
-  procs[1].send_signal(signal.SIGTERM)  # Only one process is pre-empted.
-  stopped = _finish_pair(procs)
+  procs[1].send_signal(sig)  # Only one process is stopped.
+  return _finish_pair(procs)
+
+
+def test_ctrl_c_to_one_process_stops_both_at_one_saved_step(tmp_path):
+  workdir = str(tmp_path / 'interrupted')
+  stopped = _stop_one_after_the_first_checkpoint(workdir, signal.SIGINT)
+  step = stopped[0]['step']
+  assert stopped[1]['step'] == step and 3 <= step < 100_000
+  # The Ctrl-C'd process says so; the other one stopped at the sync point.
+  assert [r['interrupted'] for r in stopped] == [False, True]
+  assert stopped[0]['sums'] == stopped[1]['sums']
+  assert _saved_steps(workdir)[-1] == step
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes_exactly(
+    tmp_path):
+  """Pre-emption agreed across processes; both halves train like one."""
+  workdir = str(tmp_path / 'preempted')
+  stopped = _stop_one_after_the_first_checkpoint(workdir, signal.SIGTERM)
   step = stopped[0]['step']
   assert stopped[1]['step'] == step and 3 <= step < 100_000
   assert stopped[0]['sums'] == stopped[1]['sums']

@@ -172,14 +172,17 @@ def check_workdir_free(workdir: str) -> None:
     workdir: the new run's workdir.
 
   Raises:
-    FileExistsError: `workdir/checkpoints` exists and is not empty.
+    FileExistsError: `workdir/checkpoints` holds a finished checkpoint.
   """
   directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
-  if os.path.isdir(directory) and os.listdir(directory):
+  # Finished checkpoints only: an unfinished one (an interrupted import's
+  # temporary directory) is never loaded.
+  steps = sorted(n for n in (os.listdir(directory) if os.path.isdir(
+      directory) else []) if n.isdigit())
+  if steps:
     raise FileExistsError(
-        f'{directory} already holds checkpoints '
-        f'({", ".join(sorted(os.listdir(directory)))}); refusing to '
-        'overwrite them: choose a new --workdir')
+        f'{directory} already holds checkpoints (steps {", ".join(steps)}); '
+        'refusing to overwrite them: choose a new --workdir')
 
 
 def import_checkpoint(config: Config,
