@@ -53,11 +53,18 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 class _QuietCheckpointLogs(std_logging.Filter):
-  """Drops orbax's per-save INFO chatter; its warnings and errors still show."""
+  """Drops orbax's per-save INFO chatter; its warnings and errors still show.
+
+  As one line each: orbax logs a failed background save with the traceback
+  of its thread, and the run then stops with its own line saying what
+  failed (`checkpointing.save`), so the traceback is left out.
+  """
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    return (record.levelno >= std_logging.WARNING or
-            '/orbax/' not in record.pathname.replace('\\', '/'))
+    if '/orbax/' not in record.pathname.replace('\\', '/'):
+      return True
+    record.exc_info, record.exc_text = None, None
+    return record.levelno >= std_logging.WARNING
 
 
 def _unknown_field_message(argv: list[str], e: Exception) -> str:

@@ -8,8 +8,12 @@ What this module guarantees, and how:
   resumes from the previous finished one.
 * A finished checkpoint that cannot be read back (files deleted or
   truncated) is skipped with a warning naming it, and the previous one is
-  restored; nothing is deleted here. Only when none can be restored does the
-  run stop, leaving all of them in place.
+  restored; nothing is deleted here. Training moves the skipped ones to
+  `<workdir>/damaged_checkpoints/` (orbax saves no step at or below its
+  newest one, so left in place they would stop the resumed run from saving
+  their steps anew); evaluation and sampling leave the workdir as it is.
+  Only when none can be restored does the run stop, leaving all of them in
+  place.
 * A workdir's checkpoints belong to the config in its `config.json`: a run
   whose config differs in a field that changes the state's structure or the
   meaning of the run (`RUN_DEFINING_FIELDS`) refuses to resume unless
@@ -24,22 +28,20 @@ What this module guarantees, and how:
 
 from __future__ import annotations
 
-import copy
 import errno
 import json
-import logging as logging_lib
 import os
-import sys
-from typing import Any, Mapping
-import warnings
+from typing import Any
 
 from absl import logging
-from etils import epath
 from flax import traverse_util
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import orbax.checkpoint as ocp
 
+from dual_mcmc_jax import checkpoint_reading
+from dual_mcmc_jax import migration
 from dual_mcmc_jax import networks
 from dual_mcmc_jax import settings as settings_lib
 from dual_mcmc_jax import sharding
@@ -110,59 +112,6 @@ def write_json_atomically(path: str, content: Any) -> None:
   os.replace(tmp, path)
 
 
-# Fields added since the first release, with the value that reproduces how a
-# config written without them ran.
-ADDED_FIELDS: dict[str, Any] = {
-    'data.point_dim': 2,
-    'data.prefetch_to_device': 2,
-    'training.compute_dtype': 'float32',
-    'training.cpu_plugin': 'auto',
-    'training.health_every_steps': 1,
-    'training.negative_chain_init': 'generator',
-    'training.long_chains': 0,
-    'training.long_chain_steps': 0,
-    'training.replay_buffer_size': 0,
-    'training.replay_fraction': 0.95,
-    'langevin_x.jump_std': 0.0,
-    'loss.energy_l2': 0.0,
-}
-# Old name -> (new name, {old value: new value}).
-RENAMED_FIELDS: dict[str, tuple[str, dict[Any, Any]]] = {
-    # The convolution rule became the CPU plug-in's switch.
-    'model.conv_input_grad': ('training.cpu_plugin', {
-        'auto': 'auto', 'xla': 'off', 'forward_conv': 'on'}),
-}
-
-
-def migrate_config(raw: Mapping[str, Any]) -> dict[str, Any]:
-  """A config dict written by an earlier version, in this version's form.
-
-  Renamed fields get their new names (and values); fields added since get
-  the value that reproduces how the old config ran. A current config comes
-  back unchanged.
-
-  Args:
-    raw: {group: {field: value}} as read from a `config.json`.
-
-  Returns:
-    A new dict of the current form.
-  """
-  out = copy.deepcopy({k: dict(v) if isinstance(v, Mapping) else v
-                       for k, v in raw.items()})
-  for old, (new, values) in RENAMED_FIELDS.items():
-    group, name = old.split('.')
-    if name in out.get(group, {}):
-      value = out[group].pop(name)
-      new_group, new_name = new.split('.')
-      out.setdefault(new_group, {}).setdefault(new_name,
-                                               values.get(value, value))
-  for dotted, value in ADDED_FIELDS.items():
-    group, name = dotted.split('.')
-    if group in out:
-      out[group].setdefault(name, value)
-  return out
-
-
 def _config_as_json(config: Any) -> dict[str, Any]:
   """A config (ConfigDict or Settings) as the plain dict config.json holds."""
   if isinstance(config, settings_lib.Settings):
@@ -180,7 +129,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
   Returns:
     Its `config.json` as a ConfigDict, with fields added since it was
-    written set as that version ran (`migrate_config`).
+    written set as that version ran (`migration.migrate_config`).
 
   Raises:
     CheckpointError: there is no readable config.json.
@@ -191,18 +140,19 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
       raw = json.load(f)
   except (OSError, ValueError) as e:
     raise CheckpointError(f'{path} cannot be read ({e})') from e
-  return ml_collections.ConfigDict(migrate_config(raw))
+  return ml_collections.ConfigDict(migration.migrate_config(raw))
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]
                        ) -> list[str]:
   """Run-defining fields that differ, as 'field: old -> new'.
 
-  Both configs are first brought to this version's form (`migrate_config`),
-  so a field added since the old one was written has the value it ran with.
+  Both configs are first brought to this version's form
+  (`migration.migrate_config`), so a field added since the old one was
+  written has the value it ran with.
   """
-  a = traverse_util.flatten_dict(migrate_config(old), sep='.')
-  b = traverse_util.flatten_dict(migrate_config(new), sep='.')
+  a = traverse_util.flatten_dict(migration.migrate_config(old), sep='.')
+  b = traverse_util.flatten_dict(migration.migrate_config(new), sep='.')
   return [f'{k}: {a.get(k)!r} -> {b.get(k)!r}' for k in RUN_DEFINING_FIELDS
           if a.get(k) != b.get(k)]
 
@@ -213,7 +163,7 @@ def check_config(settings: settings_lib.Settings, workdir: str,
 
   Every mode that reads a workdir runs it before restoring: training,
   `--mode=eval` / `sample`, the benchmarks' scoring and the notebook (all
-  through `load_state` or `check_and_store_config`).
+  through `load_state`).
 
   Args:
     settings: the settings of this run.
@@ -241,6 +191,12 @@ def check_config(settings: settings_lib.Settings, workdir: str,
     with open(path) as f:
       diffs = config_differences(json.load(f), _config_as_json(settings))
   except (OSError, ValueError) as e:
+    if not settings.recovery.allow_config_change:
+      raise CheckpointError(
+          f'{path} cannot be read ({e}), so the config of the checkpoints '
+          f'beside it is unknown; restore it, delete it to use them with '
+          'this config (their arrays are checked against its nets), or use '
+          'a new --workdir') from e
     diffs = [f'{path} cannot be read ({e})']
   if diffs and not settings.recovery.allow_config_change:
     raise CheckpointError(
@@ -254,129 +210,101 @@ def check_config(settings: settings_lib.Settings, workdir: str,
   return diffs
 
 
-def check_and_store_config(settings: settings_lib.Settings, workdir: str,
-                           has_checkpoint: bool) -> None:
-  """`check_config`, then stores this run's config as the workdir's.
+def store_config(settings: settings_lib.Settings, workdir: str,
+                 changed: bool) -> None:
+  """Stores this run's config as the workdir's `config.json`.
 
-  A changed config let through by `config.recovery.allow_config_change`
+  Training calls it once the state was restored (or created), so that a run
+  that fails before (another config's nets, unreadable checkpoints) leaves
+  the stored config as it was. A config changed under
+  `config.recovery.allow_config_change` (`changed`, from `check_config`)
   keeps the old one as `config.before_change.json`.
   """
+  if jax.process_index() != 0:
+    return
   path = os.path.join(workdir, CONFIG_FILE)
-  if check_config(settings, workdir, has_checkpoint):
+  if changed and os.path.exists(path):
     # Keep the config the existing checkpoints were trained with.
     os.replace(path, os.path.join(workdir, 'config.before_change.json'))
-  if jax.process_index() == 0:
-    write_json_atomically(path, _config_as_json(settings))
+  write_json_atomically(path, _config_as_json(settings))
 
 
-def _key(entry: Any) -> str:
-  for attr in ('key', 'name', 'idx'):
-    if hasattr(entry, attr):
-      return str(getattr(entry, attr))
-  return str(entry)
+DATA_FILE = 'data.json'
 
 
-def _shapes(tree: Any) -> dict[tuple[str, ...], tuple[int, ...]]:
-  return {tuple(_key(k) for k in path): tuple(leaf.shape)
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+def check_data(settings: settings_lib.Settings, workdir: str,
+               fingerprint: dict[str, Any] | None,
+               has_checkpoint: bool) -> None:
+  """Refuses to resume on data files that changed since the checkpoints.
 
+  An image folder or npz file is read anew by every run; if it changed,
+  the resumed run would see another data stream than the one its
+  checkpoints were trained on. `fingerprint` is the files as they are now
+  (`data.source_fingerprint`; None for data the config fixes, which are not
+  checked); `store_data` records it in `<workdir>/data.json`.
 
-def shape_mismatch(directory: Any, step: int, abstract: Any) -> str | None:
-  """The first array a checkpoint stores in another shape than `abstract`.
-
-  Reads the checkpoint's metadata only. A config whose nets differ from the
-  checkpoint's is not damage; the reason is returned so that it is said as
-  what it is. None: the shapes agree, or the metadata cannot be read (then
-  the restore itself tells whether the checkpoint is damaged).
+  Raises:
+    CheckpointError: the files changed while checkpoints exist, and
+      `config.recovery.allow_config_change` is not set.
   """
-  handler = ocp.PyTreeCheckpointHandler()
-  try:
-    stored = _shapes(handler.metadata(
-        epath.Path(str(directory)) / str(step) / 'default').tree)
-  except Exception:  # pylint: disable=broad-exception-caught
-    return None
-  finally:
-    handler.close()
-  wanted = _shapes(abstract)
-  for path in sorted(wanted.keys() & stored.keys()):
-    if wanted[path] != stored[path]:
-      return (f'{".".join(path)} is {stored[path]} in the checkpoint of step '
-              f'{step} and {wanted[path]} in this config\'s nets')
-  missing = sorted(wanted.keys() ^ stored.keys())
-  if missing:
-    return (f'{".".join(missing[0])} is in one of the checkpoint of step '
-            f'{step} and this config\'s state, not the other')
-  return None
-
-
-class _AbandonedReadsFilter(logging_lib.Filter):
-  """Drops asyncio's log line for a failed read nobody waited for."""
-
-  def filter(self, record: logging_lib.LogRecord) -> bool:
-    exc = record.exc_info[1] if record.exc_info else None
-    return not (record.getMessage().startswith(
-        ('Future exception was never', 'Task exception was never'))
-                and _is_abandoned_read_error(exc))
-
-
-def _is_abandoned_read_error(exc: BaseException | None) -> bool:
-  if isinstance(exc, RuntimeError) and str(exc) == 'Event loop is closed':
-    return True
-  return exc is not None and 'while reading array index' in str(exc)
-
-
-def _quiet_abandoned_reads() -> None:
-  """Drops the reports of reads a failed restore leaves in flight.
-
-  When one array of a checkpoint cannot be read, orbax's restore fails and
-  closes its event loop while TensorStore still completes the other reads.
-  Each of them is then reported as it ends: through `sys.unraisablehook`
-  ('Event loop is closed', or the read's own failure, hundreds of
-  tracebacks), through asyncio's log ('Future' or 'Task exception was
-  never retrieved') and as never-awaited coroutines. Those reads are abandoned on
-  purpose (the fallback restores another checkpoint), so exactly those
-  reports are dropped; the hooks are set before a restore, since the first
-  report can come before the restore's own exception. Idempotent.
-  """
-  if getattr(sys.unraisablehook, 'drops_abandoned_reads', False):
+  path = os.path.join(workdir, DATA_FILE)
+  if fingerprint is None or not has_checkpoint or not os.path.exists(path):
     return
-  previous = sys.unraisablehook
+  try:
+    with open(path) as f:
+      old = json.load(f)
+  except (OSError, ValueError):
+    return  # Unreadable: the run stores the current one.
+  if old == fingerprint:
+    return
+  where = settings.data.image_folder or settings.data.npz_path
+  change = (f'{old.get("files")} files then, {fingerprint["files"]} now'
+            if old.get('files') != fingerprint['files'] else
+            'as many files, of other sizes or contents')
+  if not settings.recovery.allow_config_change:
+    raise CheckpointError(
+        f'the data {where} changed since the checkpoints in {workdir} were '
+        f'trained on it ({change}), so a resumed run would read another '
+        'data stream; restore the files, use a new --workdir, or pass '
+        f'{_FORCE_FLAG} to resume on the new data')
+  logging.warning('Resuming on changed data %s (%s) because '
+                  'config.recovery.allow_config_change is set.', where, change)
 
-  def hook(unraisable):
-    code = getattr(unraisable.object, 'cr_code', None)
-    if _is_abandoned_read_error(unraisable.exc_value) or (
-        code is not None and code.co_name.startswith('_read') and
-        'orbax' in code.co_filename):
-      return
-    previous(unraisable)
 
-  hook.drops_abandoned_reads = True
-  sys.unraisablehook = hook
-  logging_lib.getLogger('asyncio').addFilter(_AbandonedReadsFilter())
-  warnings.filterwarnings('ignore', message=r"coroutine '_read\w*' was never "
-                          'awaited', category=RuntimeWarning)
+def store_data(workdir: str, fingerprint: dict[str, Any] | None) -> None:
+  """Records the data files a workdir is trained on (see `check_data`)."""
+  if fingerprint is not None and jax.process_index() == 0:
+    write_json_atomically(os.path.join(workdir, DATA_FILE), fingerprint)
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract: Any
+DAMAGED_DIR = 'damaged_checkpoints'
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract: Any,
+                   set_aside_damaged: bool = False
                    ) -> tuple[int, Any] | None:
   """The newest checkpoint that can be restored, falling back past bad ones.
 
   Args:
     manager: the workdir's checkpoint manager.
     abstract: the state's structure (`jax.eval_shape` of a fresh one).
+    set_aside_damaged: move the checkpoints skipped on the way to
+      `<workdir>/damaged_checkpoints/<step>` (training, which saves those
+      steps anew); otherwise they stay where they are.
 
   Returns:
     (step, state), or None when the workdir has no finished checkpoint.
 
   Raises:
     CheckpointError: there are checkpoints but none can be restored; they
-      are all left on disk.
+      are all left on disk; or the checkpoints hold other nets than
+      `abstract`.
   """
-  steps = sorted(manager.all_steps(), reverse=True)
-  errors = []
-  _quiet_abandoned_reads()
-  for step in steps:
-    mismatch = shape_mismatch(manager.directory, step, abstract)
+  skipped = []
+  checkpoint_reading.quiet_abandoned_reads()
+  for step in sorted(manager.all_steps(), reverse=True):
+    mismatch = checkpoint_reading.shape_mismatch(manager.directory, step,
+                                                 abstract)
     if mismatch:
       raise CheckpointError(
           f'the checkpoints in {manager.directory} hold other nets than this '
@@ -388,21 +316,40 @@ def restore_latest(manager: ocp.CheckpointManager, abstract: Any
       # Orbax and tensorstore raise many types for missing or damaged files.
       first_line = str(e).splitlines()[0] if str(e) else ''
       reason = f'{type(e).__name__}: {first_line}'[:_MAX_REASON_CHARS]
-      errors.append(f'step {step} ({reason})')
+      skipped.append((step, f'step {step} ({reason})'))
       logging.warning('Checkpoint at step %d in %s cannot be restored (%s); '
-                      'falling back to the previous one. It is left on '
-                      'disk for inspection.', step, manager.directory, reason)
+                      'falling back to the previous one.', step,
+                      manager.directory, reason)
       continue
-    if errors:
-      logging.warning('Resuming from step %d; skipped unreadable %s.', step,
-                      ', '.join(errors))
+    if skipped:
+      where = (_set_aside(manager, [s for s, _ in skipped])
+               if set_aside_damaged else 'left where they are')
+      logging.warning('Using step %d; the unreadable %s: %s.', step,
+                      ', '.join(r for _, r in skipped), where)
     return step, state
-  if errors:
+  if skipped:
     raise CheckpointError(
         f'no checkpoint in {manager.directory} can be restored '
-        f'({"; ".join(errors)}); they were left untouched: move them away '
-        'to start afresh, or use a new --workdir')
+        f'({"; ".join(r for _, r in skipped)}); they were left untouched: '
+        'move them away to start afresh, or use a new --workdir')
   return None
+
+
+def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> str:
+  """Moves damaged checkpoints out of the manager's directory; says where."""
+  target = os.path.join(os.path.dirname(str(manager.directory)), DAMAGED_DIR)
+  if jax.process_index() == 0:
+    os.makedirs(target, exist_ok=True)
+    for step in steps:
+      name, n = str(step), 1
+      while os.path.exists(os.path.join(target, name)):
+        name, n = f'{step}.{n}', n + 1  # Damaged at that step before.
+      os.replace(os.path.join(str(manager.directory), str(step)),
+                 os.path.join(target, name))
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('checkpointing._set_aside')
+  manager.reload()
+  return f'moved to {target} for inspection'
 
 
 def abstract_state(models: networks.Models, optimizers: ts.Optimizers,
@@ -431,7 +378,8 @@ def restore_or_create_state(manager: ocp.CheckpointManager,
                             ) -> ts.TrainState:
   """The newest restorable checkpoint of `manager`, else a fresh state."""
   restored = restore_latest(
-      manager, abstract_state(models, optimizers, seed, replay=replay))
+      manager, abstract_state(models, optimizers, seed, replay=replay),
+      set_aside_damaged=True)
   if restored is None:
     return ts.create_train_state(models, optimizers, seed, replay)
   step, state = restored
@@ -465,6 +413,11 @@ def load_state(config: ml_collections.ConfigDict | settings_lib.Settings,
   optimizers = ts.create_optimizers(settings.optim, steps_per_epoch=1)
   abstract = abstract_state(models, optimizers, settings.training.seed,
                             replay=ts.replay_spec(settings.training))
+  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  if not os.path.isdir(directory):
+    # Nothing to read: say so rather than create an empty workdir.
+    raise FileNotFoundError(f'no checkpoint in {directory}; train first or '
+                            'check --workdir')
   with create_checkpoint_manager(workdir, 1_000_000) as manager:
     check_config(settings, os.path.abspath(workdir),
                  manager.latest_step() is not None)

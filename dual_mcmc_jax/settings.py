@@ -8,7 +8,7 @@ config is interpreted: the step, the samplers, the networks' builder, the
 optimisers, the training loop and the checkpoint guard receive the
 `Settings`. Each field declares what it may hold (`Rule`, choices) and
 whether it defines the run (`run_defining`: changing it makes a workdir's
-checkpoints another run's, `checkpointing.check_and_store_config`).
+checkpoints another run's, `checkpointing.check_config`).
 
 A bad value raises ValueError with one line naming the field, the value and
 what is allowed, e.g.
@@ -17,7 +17,7 @@ what is allowed, e.g.
 
 Every field is required: a workdir's `config.json` written by an older
 version is brought to this version when it is loaded
-(`checkpointing.migrate_config`), so that nothing downstream needs a
+(`migration.migrate_config`), so that nothing downstream needs a
 fallback for old fields.
 
 This module imports no training module (`train.py`, `train_step.py`).

@@ -96,6 +96,11 @@ class _Loop:
   report: Any
   preemption: '_Preemption'
   mesh: Any
+  # Stored once the state is restored (a failed restore leaves the
+  # workdir's records as they were): whether the config changed under
+  # allow_config_change, and the data files (`data.source_fingerprint`).
+  config_changed: bool
+  fingerprint: dict[str, Any] | None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict |
@@ -126,6 +131,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict |
   rollbacks = recovery.load_rollbacks(loop.workdir)
   try:
     state = _restore(loop)
+    checkpointing.store_config(loop.settings, loop.workdir,
+                               loop.config_changed)
+    checkpointing.store_data(loop.workdir, loop.fingerprint)
     with metric_writers.ensure_flushes(loop.writer):
       if int(jax.device_get(state.step)) == 0 and not rollbacks:
         loop.writer.write_hparams({
@@ -177,8 +185,11 @@ def _open_loop(settings: settings_lib.Settings, workdir: str) -> _Loop:
   total_steps = settings_lib.num_train_steps(settings, steps_per_epoch)
   manager = checkpointing.create_checkpoint_manager(
       workdir, settings.training.max_checkpoints_to_keep)
-  checkpointing.check_and_store_config(settings, workdir,
-                                       manager.latest_step() is not None)
+  has_checkpoint = manager.latest_step() is not None
+  config_changed = bool(checkpointing.check_config(settings, workdir,
+                                                   has_checkpoint))
+  fingerprint = data.source_fingerprint(settings)
+  checkpointing.check_data(settings, workdir, fingerprint, has_checkpoint)
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
   return _Loop(settings=settings, workdir=workdir, info=info, store=store,
@@ -186,7 +197,8 @@ def _open_loop(settings: settings_lib.Settings, workdir: str) -> _Loop:
                manager=manager, writer=writer,
                report=periodic_actions.ReportProgress(
                    num_train_steps=total_steps, writer=writer),
-               preemption=_Preemption(manager), mesh=sharding.data_mesh())
+               preemption=_Preemption(manager), mesh=sharding.data_mesh(),
+               config_changed=config_changed, fingerprint=fingerprint)
 
 
 def _restore(loop: _Loop) -> ts.TrainState:

@@ -5,7 +5,7 @@ last one with `networks.py` and `input_pipeline.py` as single modules) on
 configs/test.py at widths 8 / 8 / 4; `state_sums.json` holds the sum of every
 array of its train state as that code restored it. Its `config.json` lacks
 the fields added since and names the convolution rule the old way; loaded
-through `checkpointing.load_config` it is migrated (`migrate_config`).
+through `checkpointing.load_config` it is migrated (`migration.migrate_config`).
 The restructured package must restore the same numbers, bit for bit, and
 resume training from it.
 """
@@ -21,6 +21,7 @@ import pytest
 
 from configs import test as test_config
 from dual_mcmc_jax import checkpointing
+from dual_mcmc_jax import migration
 from dual_mcmc_jax import settings as settings_lib
 from dual_mcmc_jax import train
 
@@ -46,11 +47,11 @@ def test_the_old_config_is_migrated_to_the_current_fields():
   assert settings.training.replay_buffer_size == 0
   assert settings.data.point_dim == 2
   # Every field a current config has, nothing more.
-  current = checkpointing.migrate_config(test_config.get_config().to_dict())
+  current = migration.migrate_config(test_config.get_config().to_dict())
   assert {g: set(v) for g, v in config.to_dict().items()} == {
       g: set(v) for g, v in current.items()}
   # A current config is left as it is.
-  assert checkpointing.migrate_config(current) == current
+  assert migration.migrate_config(current) == current
 
 
 def _sums(state) -> dict[str, float]:

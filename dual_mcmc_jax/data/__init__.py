@@ -40,6 +40,7 @@ from dual_mcmc_jax.data.pipeline import DATASETS
 from dual_mcmc_jax.data.pipeline import DevicePrefetcher
 from dual_mcmc_jax.data.pipeline import get_dataset_info
 from dual_mcmc_jax.data.pipeline import prefetch_to_device
+from dual_mcmc_jax.data.pipeline import source_fingerprint
 from dual_mcmc_jax.data.pipeline import SOURCES
 from dual_mcmc_jax.data.pipeline import Store
 from dual_mcmc_jax.data.pipeline import TFDS_DATASETS

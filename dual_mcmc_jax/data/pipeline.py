@@ -48,7 +48,9 @@ the calls, and the data lives as long as that object.
 """
 
 from collections.abc import Callable, Iterator
+import hashlib
 import json
+import os
 from typing import Any
 
 import grain
@@ -155,6 +157,40 @@ def get_dataset_info(
   return common.DatasetInfo(
       num_train_examples=len(data), shape=tuple(data.shape[1:])
   )
+
+
+def source_fingerprint(config: common.Config) -> dict[str, Any] | None:
+  """What the files a run's data are read from look like now.
+
+  For the sources read from the user's files (`image_folder`: each image's
+  relative path and size; `npz`: the file's size and sha256), so that a
+  workdir can tell when its data changed between two runs
+  (`checkpointing.check_data`). None for the other sources, whose
+  data are fixed by the config.
+
+  Args:
+    config: the experiment config (reads `config.data`).
+
+  Returns:
+    {'dataset', 'files', 'digest'} or None.
+  """
+  d = config.data
+  digest = hashlib.sha256()
+  if d.dataset == 'image_folder' and d.image_folder:
+    folder = os.path.abspath(os.path.expanduser(d.image_folder))
+    files = image_folder.list_image_files(folder)
+    for name in files:
+      size = os.path.getsize(os.path.join(folder, name))
+      digest.update(f'{name}\t{size}\n'.encode())
+  elif d.dataset == 'npz' and d.npz_path:
+    files = [d.npz_path]
+    with open(os.path.expanduser(d.npz_path), 'rb') as f:
+      for chunk in iter(lambda: f.read(1 << 24), b''):
+        digest.update(chunk)
+  else:
+    return None
+  return {'dataset': d.dataset, 'files': len(files),
+          'digest': digest.hexdigest()}
 
 
 def _batch_sizes(config: common.Config) -> tuple[int, int]:
