@@ -11,6 +11,7 @@ fails. Both serve `checkpointing.restore_latest`.
 from __future__ import annotations
 
 import logging as logging_lib
+import re
 import sys
 from typing import Any
 import warnings
@@ -71,10 +72,15 @@ class _AbandonedReadsFilter(logging_lib.Filter):
                 and _is_abandoned_read_error(exc))
 
 
+# TensorStore's failed read ('OUT_OF_RANGE: Error reading "ebm.params..." in
+# OCDBT database ...'), and orbax's wrapping of it.
+_READ_ERROR = re.compile(r'^[A-Z_]+: Error reading |while reading array index')
+
+
 def _is_abandoned_read_error(exc: BaseException | None) -> bool:
   if isinstance(exc, RuntimeError) and str(exc) == 'Event loop is closed':
     return True
-  return exc is not None and 'while reading array index' in str(exc)
+  return exc is not None and bool(_READ_ERROR.search(str(exc)))
 
 
 def quiet_abandoned_reads() -> None:

@@ -186,10 +186,14 @@ def _open_loop(settings: settings_lib.Settings, workdir: str) -> _Loop:
   manager = checkpointing.create_checkpoint_manager(
       workdir, settings.training.max_checkpoints_to_keep)
   has_checkpoint = manager.latest_step() is not None
-  config_changed = bool(checkpointing.check_config(settings, workdir,
-                                                   has_checkpoint))
-  fingerprint = data.source_fingerprint(settings)
-  checkpointing.check_data(settings, workdir, fingerprint, has_checkpoint)
+  try:
+    config_changed = bool(checkpointing.check_config(settings, workdir,
+                                                     has_checkpoint))
+    fingerprint = data.source_fingerprint(settings)
+    checkpointing.check_data(settings, workdir, fingerprint, has_checkpoint)
+  except checkpointing.CheckpointError:
+    _close(manager)  # Its threads end before the error is reported.
+    raise
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
   return _Loop(settings=settings, workdir=workdir, info=info, store=store,

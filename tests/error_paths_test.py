@@ -70,6 +70,9 @@ def _check_warning_case(case: str, mode: str, words: list[str],
                         lines: list[str]):
   assert lines[-2] == 'exit: 0', (case, lines[-8:])
   text = '\n'.join(lines)
+  # A run that finishes prints no ERROR line (absl's 'E<date>' prefix).
+  errors = [l for l in lines if re.match(r'E\d{4} ', l)]
+  assert not errors, (case, errors[:3])
   for word in words:
     assert word in text, (case, word, text[-3000:])
   if 'unreadable' in ' '.join(words):

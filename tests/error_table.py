@@ -111,12 +111,14 @@ def assert_same_state(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def truncate_largest_array_file(workdir, step: int) -> str:
+def truncate_largest_array_file(workdir, step: int,
+                                size: int | None = None) -> str:
+  """Cuts the largest array-data file of `step` to `size` (default half)."""
   files = glob.glob(os.path.join(str(workdir), 'checkpoints', str(step),
                                  'default', 'ocdbt.process_0', 'd', '*'))
   big = max(files, key=os.path.getsize)
   with open(big, 'r+b') as f:
-    f.truncate(os.path.getsize(big) // 2)
+    f.truncate(os.path.getsize(big) // 2 if size is None else size)
   return big
 
 
@@ -402,7 +404,8 @@ def _damage_newest(name: str):
     step = saved_steps(workdir)[-1]
     root = os.path.join(workdir, 'checkpoints', str(step), 'default')
     if name == 'array data':
-      truncate_largest_array_file(workdir, step)
+      # Cut short enough that many reads fail at once.
+      truncate_largest_array_file(workdir, step, size=1000)
     elif name == 'metadata':
       os.remove(os.path.join(root, '_METADATA'))
     else:
