@@ -49,7 +49,7 @@ Scores (all against the true density or fresh true samples):
 * `diverged_at`: the first checked step with a NaN loss or an exploding
   energy difference (training stops there; the benchmark never rolls back).
 
-Variants (`VARIANTS`: config overrides on `--config`): `full` is the config
+Variants (`toy2d_variants.VARIANTS`: config overrides on `--config`): `full` is the config
 itself; the ablations remove one teaching signal (`no_z_revision`,
 `no_x_teaching`, `cooperative`, `noise_init_ebm`); the remedy rows turn the
 config's Metropolis jumps, replay buffer or energy penalty off (`no_jumps`,
@@ -83,7 +83,7 @@ import math
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 from absl import app
 from absl import flags
@@ -100,6 +100,7 @@ runtime.quiet_ctrl_c()
 from benchmarks import heldout2d
 from benchmarks import toy2d_report as report
 from benchmarks import toy2d_score as score_lib
+from benchmarks import toy2d_variants as variants_lib
 from configs import toy2d as toy2d_config
 from dual_mcmc_jax import data
 from dual_mcmc_jax import experiment
@@ -124,12 +125,15 @@ def define_flags() -> None:
                     'Densities to train on: toy2d names and the held-out '
                     f'{", ".join(heldout2d.NAMES)} (default: all but '
                     '25gaussians).')
-  flags.DEFINE_list('variants', ['full'], 'Variants (VARIANTS).')
+  flags.DEFINE_list('variants', ['full'], 'Variants (toy2d_variants.VARIANTS).')
   flags.DEFINE_list('seeds', ['0', '1', '2'], 'Training seeds '
                     '(config.training.seed); each also seeds its scoring.')
   flags.DEFINE_integer('steps', 0, 'Training iterations per run; 0: the '
                        "config's training.num_train_steps.")
   flags.DEFINE_integer('batch_size', 0, "Training batch size; 0: the config's.")
+  flags.DEFINE_integer('trace_every', 0, 'Also score every this many '
+                       'iterations: the trace in the JSON and figure '
+                       'toy2d_trace_<density>.png (0: only at the end).')
   flags.DEFINE_integer('grid', 180, 'Grid cells per axis (180: cells of 0.05, '
                        'half the narrowest std of the densities).')
   flags.DEFINE_integer('num_samples', 2000, 'Samples per energy distance.')
@@ -142,89 +146,6 @@ def define_flags() -> None:
                                   '(default: configs/toy2d.py).')
   flags.DEFINE_list('merge_from', None, 'Instead of training, combine the '
                     'outputs of earlier runs (their --out_dir) into --out_dir.')
-
-
-_NO_JUMPS = ('langevin_x', 'jump_std', 0.0)
-
-
-_NO_REPLAY = ('training', 'replay_buffer_size', 0)
-
-
-# name -> (config overrides, description). Overrides are (group, field,
-# value); a callable value is applied to the config's current value.
-VARIANTS: dict[str, tuple[tuple[tuple[str, str, Any], ...], str]] = {
-    'full': ((), 'dual-MCMC teaching, the config as it is'),
-    'no_z_revision': ((('training', 'z_revision', False),),
-                      'no z-revision: z1 = z0 ~ q(z|x)'),
-    'no_x_teaching': ((('training', 'generator_x_teaching', False),),
-                      'generator not taught by x1'),
-    'cooperative': ((('training', 'generator_data_teaching', False),),
-                    'cooperative: G learns from x1 only, no q(z|x)'),
-    'noise_init_ebm': ((('training', 'x_chain_init', 'noise'),
-                        ('langevin_x', 'steps', lambda n: 2 * n)),
-                       'EBM alone, short-run chain from noise'),
-    'no_jumps': ((_NO_JUMPS,), 'no Metropolis jumps in the negative chain'),
-    'no_replay': ((_NO_REPLAY,), 'no replay buffer: every negative chain '
-                  'starts at generator samples'),
-    'no_energy_l2': ((('loss', 'energy_l2', 0.0),), 'no energy penalty'),
-    'all_from_buffer': ((('training', 'replay_fraction', 1.0),
-                         ('langevin_x', 'jump_std', 3.0)),
-                        'every negative chain continues from the buffer '
-                        '(none starts at G(z)), jumps of std 3'),
-    'long_chains': ((_NO_JUMPS, _NO_REPLAY, ('training', 'long_chains', 32),
-                     ('training', 'long_chain_steps', 300)),
-                    'no jumps, no buffer; 32 negatives run 300 more steps'),
-    'data_negatives': ((_NO_JUMPS, _NO_REPLAY,
-                        ('training', 'negative_chain_init', 'data')),
-                       'no jumps, no buffer; negative chains start at the '
-                       'data'),
-    'reference_chain': ((_NO_JUMPS, _NO_REPLAY, ('loss', 'energy_l2', 0.0),
-                         ('langevin_x', 'rule', 'reference'),
-                         ('langevin_x', 'step_size', 0.1),
-                         ('langevin_x', 'noise', 0.01),
-                         ('loss', 'ebm_temperature_scaling', True)),
-                        "the image configs' chain rule and EBM loss"),
-}
-
-
-def variant_config(base: ml_collections.ConfigDict, variant: str
-                   ) -> ml_collections.ConfigDict:
-  """`base` with a variant's overrides applied.
-
-  Args:
-    base: the training configuration.
-    variant: a key of `VARIANTS`.
-
-  Returns:
-    A modified copy.
-  """
-  if variant not in VARIANTS:
-    raise ValueError(f'--variants names {variant!r}; allowed: '
-                     f'{", ".join(VARIANTS)}')
-  config = copy.deepcopy(base)
-  for group, field, value in VARIANTS[variant][0]:
-    config[group][field] = value(config[group][field]) if callable(
-        value) else value
-  return config
-
-
-def langevin_gradients(config: ml_collections.ConfigDict) -> dict[str, int]:
-  """Langevin gradient evaluations per training iteration, by network.
-
-  Long chains count in batch-equivalents (`long_chains / batch_size` of a
-  chain per step); Metropolis jumps add two EBM forward passes per step of
-  the negative chain, not counted here.
-  """
-  t = config.training
-  x_steps, z_steps = int(config.langevin_x.steps), int(config.langevin_z.steps)
-  if t.x_chain_init == 'noise':
-    return {'ebm': x_steps, 'generator': 0}
-  chains = 2 if (t.second_x_chain or
-                 t.negative_chain_init == 'data') else 1
-  extra = int(t.long_chains) * int(t.long_chain_steps)
-  z_chain = t.generator_data_teaching and t.z_revision
-  return {'ebm': chains * x_steps + round(extra / int(t.batch_size)),
-          'generator': z_steps if z_chain else 0}
 
 
 def density_config(base: ml_collections.ConfigDict, name: str,
@@ -250,7 +171,13 @@ def density_config(base: ml_collections.ConfigDict, name: str,
   return config
 
 
-def train(config: ml_collections.ConfigDict, num_steps: int
+# trace(step, models, state, metrics) -> one record of the run's trace.
+Trace = Callable[[int, networks.Models, ts.TrainState, dict[str, Any]],
+                 dict[str, Any]]
+
+
+def train(config: ml_collections.ConfigDict, num_steps: int,
+          trace_every: int = 0, trace: Trace | None = None
           ) -> tuple[networks.Models, ts.TrainState, dict[str, Any]]:
   """Trains on the config's dataset for `num_steps` iterations.
 
@@ -261,11 +188,15 @@ def train(config: ml_collections.ConfigDict, num_steps: int
   Args:
     config: the run's configuration.
     num_steps: iterations.
+    trace_every: call `trace` every this many iterations (0: never).
+    trace: records the state of training (`trace_record`).
 
   Returns:
-    (models, final state, {'seconds', 'compile_seconds', 'diverged_at'}),
-    `diverged_at` the first checked step whose metrics were unhealthy (NaN
-    loss or exploding energy difference; training stops there) or None.
+    (models, final state, {'seconds', 'compile_seconds', 'diverged_at',
+    'trace'}): `seconds` leaves out the time `trace` took, `diverged_at` is
+    the first checked step whose metrics were unhealthy (NaN loss or
+    exploding energy difference; training stops there) or None, `trace` the
+    list of records.
   """
   store = data.Store()
   info = data.get_dataset_info(config, store=store)
@@ -274,13 +205,17 @@ def train(config: ml_collections.ConfigDict, num_steps: int
       info.num_train_examples // int(config.training.batch_size), 1))
   step_fn, state = exp.train_step, exp.init_state()
   start = time.perf_counter()
-  compile_seconds = 0.0
-  diverged_at = None
+  compile_seconds = trace_seconds = 0.0
+  diverged_at, records = None, []
   for i in range(num_steps):
     state, metrics = step_fn(state, next(batches))
     if i == 0:
       jax.block_until_ready(metrics)
       compile_seconds = time.perf_counter() - start
+    if trace is not None and trace_every and (i + 1) % trace_every == 0:
+      traced = time.perf_counter()
+      records.append(trace(i + 1, exp.models, state, metrics))
+      trace_seconds += time.perf_counter() - traced
     # A NaN stays NaN, so checking every 100 steps catches it without a
     # host round-trip per step.
     if (i + 1) % 100 == 0 or i + 1 == num_steps:
@@ -290,23 +225,59 @@ def train(config: ml_collections.ConfigDict, num_steps: int
                         i + 1, metrics['loss_e'], metrics['energy_diff'])
         break
   jax.block_until_ready(state)
-  return exp.models, state, {'seconds': time.perf_counter() - start,
+  seconds = time.perf_counter() - start - trace_seconds
+  return exp.models, state, {'seconds': seconds,
                              'compile_seconds': compile_seconds,
-                             'diverged_at': diverged_at}
+                             'diverged_at': diverged_at, 'trace': records}
 
 
-def _row(density: str, variant: str, config: ml_collections.ConfigDict,
-         numbers: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
-  grads = langevin_gradients(config)
+# What a trace record keeps: the step's own metrics, and the scores.
+_TRACE_METRICS = ('loss_e', 'loss_g', 'energy_data', 'energy_diff',
+                  'negative_chain_energy_end', 'x_chain_move',
+                  'negative_chain_move', 'g_dist_to_x_revised',
+                  'g_rec_after_z_chain')
+_TRACE_SCORES = ('kl', 'tv', 'off_support_mass', 'mode_mass_tv',
+                 'mode_masses', 'ed_generator', 'ed_revised',
+                 'mode_tv_generator', 'mode_shares_generator')
+
+
+def trace_record(config: ml_collections.ConfigDict, true: score_lib.Truth,
+                 num: int, num_samples: int, seed: int) -> Trace:
+  """A `Trace` of the scores during training, and the step's metrics.
+
+  Records the density's and the generator's scores (`toy2d_score.score`)
+  beside the metrics of the iteration that made the state: the energies of
+  data and negatives, how far each x-chain moved its samples, and the
+  generator's two loss terms (x-teaching distance, reconstruction).
+  """
+
+  def trace(step, models, state, metrics):
+    numbers, _ = score_lib.score(config, models, state, num, num_samples,
+                                 seed, true)
+    values = jax.device_get({k: metrics[k] for k in _TRACE_METRICS
+                             if k in metrics})
+    return {'step': step, **{k: float(v) for k, v in values.items()},
+            **{k: numbers[k] for k in _TRACE_SCORES if k in numbers}}
+
+  return trace
+
+
+def row_of_run(density: str, variant: str,
+               config: ml_collections.ConfigDict,
+               numbers: dict[str, Any], info: dict[str, Any]
+               ) -> dict[str, Any]:
+  """One run's row of the JSON: what ran, its cost, and its scores."""
+  grads = variants_lib.langevin_gradients(config)
   return {'density': density, 'variant': variant,
           'seed': int(config.training.seed),
-          'description': VARIANTS[variant][1],
+          'description': variants_lib.VARIANTS[variant][1],
           'steps': int(config.training.num_train_steps),
           'batch_size': int(config.training.batch_size),
           'grads_ebm': grads['ebm'], 'grads_generator': grads['generator'],
           'train_seconds': info['seconds'],
           'compile_seconds': info['compile_seconds'],
-          'diverged_at': info['diverged_at'], **numbers}
+          'diverged_at': info['diverged_at'], **numbers,
+          **({'trace': info['trace']} if info['trace'] else {})}
 
 
 def base_config(config: ml_collections.ConfigDict | None, steps: int,
@@ -323,18 +294,21 @@ def base_config(config: ml_collections.ConfigDict | None, steps: int,
 
 def run_one(base: ml_collections.ConfigDict, name: str, variant: str,
             seed: int, true: score_lib.Truth, num: int, num_samples: int,
-            out_dir: str) -> dict[str, Any]:
+            out_dir: str, trace_every: int = 0) -> dict[str, Any]:
   """Trains and scores one (density, variant, seed); returns its row."""
   base = copy.deepcopy(base)
   base.training.seed = seed
-  config = density_config(variant_config(base, variant), name, out_dir)
-  models, state, info = train(config, int(config.training.num_train_steps))
+  config = density_config(variants_lib.variant_config(base, variant), name,
+                          out_dir)
+  models, state, info = train(
+      config, int(config.training.num_train_steps), trace_every,
+      trace_record(config, true, num, num_samples, seed))
   numbers, arrays = score_lib.score(config, models, state, num, num_samples,
                                     seed, true)
   np.savez_compressed(
       os.path.join(out_dir, f'arrays_{name}_{variant}_{seed}.npz'),
       **{k: v for k, v in arrays.items() if v is not None})
-  row = _row(name, variant, config, numbers, info)
+  row = row_of_run(name, variant, config, numbers, info)
   logging.info('%s / %s / seed %d: %s', name, variant, seed, json.dumps(row))
   return {'row': row, 'arrays': arrays}
 
@@ -342,7 +316,7 @@ def run_one(base: ml_collections.ConfigDict, name: str, variant: str,
 def run_benchmark(densities: list[str], variants: list[str],
                   seeds: list[int], num: int, num_samples: int, out_dir: str,
                   config: ml_collections.ConfigDict | None = None,
-                  steps: int = 0, batch_size: int = 0
+                  steps: int = 0, batch_size: int = 0, trace_every: int = 0
                   ) -> list[dict[str, Any]]:
   """Trains and scores every (density, variant, seed); writes the outputs.
 
@@ -355,6 +329,7 @@ def run_benchmark(densities: list[str], variants: list[str],
     out_dir: output directory.
     config: the training config (default configs/toy2d.py).
     steps, batch_size: override the config's when > 0.
+    trace_every: score every this many iterations too (`trace_record`).
 
   Returns:
     The rows of the JSON, one per run.
@@ -364,7 +339,7 @@ def run_benchmark(densities: list[str], variants: list[str],
       toy2d.check_name(name)
   base = base_config(config, steps, batch_size)
   for variant in variants:
-    variant_config(base, variant)  # Fails early.
+    variants_lib.variant_config(base, variant)  # Fails early.
   os.makedirs(out_dir, exist_ok=True)
   rows, results = [], {}
   start = time.perf_counter()
@@ -374,7 +349,7 @@ def run_benchmark(densities: list[str], variants: list[str],
     for variant in variants:
       for seed in seeds:
         run = run_one(base, name, variant, seed, true, num, num_samples,
-                      out_dir)
+                      out_dir, trace_every)
         rows.append(run['row'])
         results[name].setdefault(variant, {'numbers': run['row'],
                                            'arrays': run['arrays']})
@@ -467,13 +442,13 @@ def main(argv):
       raise app.UsageError(f'--densities names {name!r}; allowed: '
                            f'{", ".join(DENSITIES + ("25gaussians",))}')
   for v in FLAGS.variants:
-    if v not in VARIANTS:
+    if v not in variants_lib.VARIANTS:
       raise app.UsageError(f'--variants names {v!r}; allowed: '
-                           f'{", ".join(VARIANTS)}')
+                           f'{", ".join(variants_lib.VARIANTS)}')
   start = time.perf_counter()
   rows = run_benchmark(FLAGS.densities, FLAGS.variants, seeds, FLAGS.grid,
                        FLAGS.num_samples, FLAGS.out_dir, FLAGS.config,
-                       FLAGS.steps, FLAGS.batch_size)
+                       FLAGS.steps, FLAGS.batch_size, FLAGS.trace_every)
   print(report.markdown_table(rows))
   print(f'Wall time {time.perf_counter() - start:.0f} s; tables and figures '
         f'in {FLAGS.out_dir}')

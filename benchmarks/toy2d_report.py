@@ -149,6 +149,53 @@ def densities_figure(path: str, results: dict[str, dict[str, dict[str, Any]]],
   plt.close(fig)
 
 
+# Panels of the trace figure: (title, keys drawn in it).
+_TRACE_PANELS = (
+    ('EBM: TV at T', ('tv',)),
+    ('EBM: mass off the data', ('off_support_mass',)),
+    ('EBM: mode-mass TV', ('mode_mass_tv',)),
+    ('G: energy distance', ('ed_generator',)),
+    ('G: mode-share TV', ('mode_tv_generator',)),
+    ('E(data) - E(negatives)', ('energy_diff',)),
+    ('x-chain move (solid), negative chain (dashed)',
+     ('x_chain_move', 'negative_chain_move')),
+    ('G loss terms: x-teaching (solid), reconstruction (dashed)',
+     ('g_dist_to_x_revised', 'g_rec_after_z_chain')),
+)
+
+
+def trace_figure(path: str, name: str, runs: dict[str, dict[str, Any]]
+                 ) -> None:
+  """The scores and metrics of each variant's trace against the iteration.
+
+  Args:
+    path: PNG to write.
+    name: the density.
+    runs: variant -> the numbers of its first seed, holding a 'trace'.
+  """
+  plt = _plt()
+  fig, axes = plt.subplots(2, 4, figsize=(12, 5.2))
+  colours = plt.rcParams['axes.prop_cycle'].by_key()['color']
+  for ax, (title, keys) in zip(axes.flat, _TRACE_PANELS):
+    for i, (variant, numbers) in enumerate(runs.items()):
+      steps = [r['step'] for r in numbers['trace']]
+      for key, style in zip(keys, ('-', '--')):
+        values = [r.get(key) for r in numbers['trace']]
+        if any(v is None for v in values):
+          continue
+        ax.plot(steps, values, style, color=colours[i % len(colours)],
+                label=variant if style == '-' else None)
+    ax.set_title(title, fontsize=8)
+    ax.tick_params(labelsize=7)
+    if title.startswith(('G loss', 'x-chain')):
+      ax.set_yscale('log')
+  axes.flat[0].legend(fontsize=6)
+  fig.suptitle(f'{name}: during training', fontsize=9)
+  fig.tight_layout(pad=0.4)
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+
+
 def figures(out_dir: str, results: dict[str, dict[str, dict[str, Any]]],
              num: int) -> None:
   for name, runs in results.items():
@@ -156,6 +203,12 @@ def figures(out_dir: str, results: dict[str, dict[str, dict[str, Any]]],
                    num)
   summary_figure(os.path.join(out_dir, 'toy2d_benchmark.png'), results, num)
   densities_figure(os.path.join(out_dir, 'toy2d_densities.png'), results, num)
+  for name, runs in results.items():
+    traced = {v: run['numbers'] for v, run in runs.items()
+              if run['numbers'].get('trace')}
+    if traced:
+      trace_figure(os.path.join(out_dir, f'toy2d_trace_{name}.png'), name,
+                   traced)
 
 
 # --- Table -------------------------------------------------------------------

@@ -220,6 +220,8 @@ def score(config: ml_collections.ConfigDict, models: networks.Models,
   result = {'reference': true.kind, 'temperature': temperature, **true.floor,
             **density2d.grid_divergences(true.log_p, model_log_p, area)}
   result.update(best_temperature_divergences(true.log_p, neg_energy, area))
+  result['off_support_mass'] = density2d.off_support_mass(
+      true.log_p, model_log_p, area)
   if true.modes is not None:
     result['num_modes'] = len(true.modes[0])
     result.update(density2d.mode_masses(model_log_p, points, area,
@@ -234,6 +236,10 @@ def score(config: ml_collections.ConfigDict, models: networks.Models,
       result[f'ed_{kind}'] = None
       continue
     result[f'ed_{kind}'] = density2d.energy_distance(x, reference)
+    if true.modes is not None:  # The samples' share of each mode.
+      shares = density2d.sample_mode_shares(x, *true.modes)
+      result[f'mode_shares_{kind}'] = shares['shares']
+      result[f'mode_tv_{kind}'] = shares['mode_tv']
     if not true.heldout and true.modes is not None:  # 8gaussians
       coverage = density2d.mode_coverage(true.name, x, _MODE_STD)
       result[f'modes_{kind}'] = int(coverage['modes_covered'])

@@ -170,6 +170,10 @@ def get_config() -> ml_collections.ConfigDict:
   # is part of the checkpoint. 0: no buffer (the reference).
   training.replay_buffer_size = 0
   training.replay_fraction = 0.95
+  # A share of the EBM's negative chains that start uniform in
+  # [x_noise_low, x_noise_high] instead (the last ones of the batch), so
+  # that some negatives reach where neither data nor generator go. 0: none.
+  training.negative_noise_fraction = 0.0
   training.x_noise_low = -1.0  # The image range; configs/toy2d.py widens it.
   training.x_noise_high = 1.0
   training.log_every_steps = 100

@@ -406,3 +406,18 @@ def z_energy_fn(gen_apply: Callable[..., Any], params: Any, x: Array,
         new_vars)
 
   return fn
+
+
+def chain_metrics(prefix: str, info: ChainInfo, x0: Array,
+                  x_end: Array) -> dict[str, Array]:
+  """A chain's mean energies at its ends, gradient norm and RMS move.
+
+  `<prefix>_move` is the root mean square of ||x_end - x0|| over the batch:
+  how far the chain carried its samples.
+  """
+  batch = x0.shape[0]
+  move = jnp.sqrt(jnp.mean(jnp.sum(jnp.square(x_end - x0).reshape(batch, -1),
+                                   axis=1)))
+  return {f'{prefix}_energy_start': info.energy_start / batch,
+          f'{prefix}_energy_end': info.energy_last / batch,
+          f'{prefix}_grad_norm': info.grad_norm, f'{prefix}_move': move}

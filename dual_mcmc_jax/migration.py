@@ -25,6 +25,7 @@ ADDED_FIELDS: dict[str, Any] = {
     'training.long_chain_steps': 0,
     'training.replay_buffer_size': 0,
     'training.replay_fraction': 0.95,
+    'training.negative_noise_fraction': 0.0,
     'langevin_x.jump_std': 0.0,
     'loss.energy_l2': 0.0,
 }

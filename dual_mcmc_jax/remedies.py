@@ -13,13 +13,16 @@ composed into the step when it is built, never branched in its body:
   of the chains continue from past negatives (Du & Mordatch, 2019);
 * long chains (`training.long_chains`, `long_chain_steps`): the first few
   negatives run more steps;
+* noise starts (`training.negative_noise_fraction`): the last few chains
+  start uniform in the data's box instead;
 * Metropolis jumps (`langevin_x.jump_std`): a random-walk Metropolis step
   after every Langevin step, so that a chain can change mode;
 * an energy penalty (`loss.energy_l2`): energy_l2 * (mean E(x)^2 +
   mean E(x_neg)^2) joins the EBM loss (Du & Mordatch, 2019).
 
 A negative chain here is `chain(state, sn, x0, key) -> (x_neg, sn, info,
-state updates)`; the remedies wrap one, or replace its start.
+state updates)` and its start `start(state, gen, key, *, x, z, x1) -> (x0,
+gen)`; the remedies wrap one or the other.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ Array = jax.Array
 Chain = Callable[[ts.TrainState, dict[str, Any], Array, Array],
                  tuple[Array, dict[str, Any], langevin.ChainInfo,
                        dict[str, Array]]]
+Start = Callable[..., tuple[Array, ts.NetState]]
 
 
 def metropolis_jump(energies_fn: Callable[[Array, Any], Array], x: Array,
@@ -96,6 +100,22 @@ def data_start(state: ts.TrainState, gen: ts.NetState, key: Array, *,
   """Negative chains start at the data batch (contrastive divergence)."""
   del state, z, x1, key
   return x, gen
+
+
+def with_noise_starts(start: Start, fraction: float, low: float,
+                      high: float) -> Start:
+  """The last `fraction` of the chains start uniform in [low, high)."""
+
+  def run(state, gen, key, *, x, z, x1):
+    x0, gen = start(state, gen, key, x=x, z=z, x1=x1)
+    count = round(fraction * x0.shape[0])
+    if not count:
+      return x0, gen
+    noise = jax.random.uniform(jax.random.fold_in(key, 4),
+                               (count,) + x0.shape[1:], x0.dtype, low, high)
+    return x0.at[x0.shape[0] - count:].set(noise), gen
+
+  return run
 
 
 def with_replay(chain: Chain, spec: ts.ReplaySpec) -> Chain:

@@ -235,6 +235,7 @@ class TrainingSettings:
   # The buffer is part of the state: its size shapes the checkpoint.
   replay_buffer_size: int = field(NON_NEGATIVE_INT, **RUN)
   replay_fraction: float = field(FRACTION)
+  negative_noise_fraction: float = field(BETA)  # [0, 1)
   x_noise_low: float = field(FINITE)
   x_noise_high: float = field(FINITE)
   log_every_steps: int = field(POSITIVE_INT)
@@ -478,13 +479,13 @@ def _check_relations(s: Settings, check_devices: bool) -> None:
                      "config.training.x_chain_init='noise'")
   own_chain = (t.second_x_chain or t.negative_chain_init == 'data' or
                t.x_chain_init == 'noise')
-  if not own_chain and (t.replay_buffer_size > 0 or
-                        s.langevin_x.jump_std > 0):
-    raise ValueError('config.training.replay_buffer_size and '
-                     'config.langevin_x.jump_std act on the EBM\'s own '
-                     'negative chain, which config.training.second_x_chain='
-                     'False removes; set second_x_chain=True or '
-                     "negative_chain_init='data'")
+  if not own_chain and (t.replay_buffer_size > 0 or s.langevin_x.jump_std > 0
+                        or t.negative_noise_fraction > 0):
+    raise ValueError('config.training.replay_buffer_size, '
+                     'negative_noise_fraction and config.langevin_x.jump_std '
+                     "act on the EBM's own negative chain, which "
+                     'config.training.second_x_chain=False removes; set '
+                     "second_x_chain=True or negative_chain_init='data'")
   if t.long_chains > t.batch_size:
     raise ValueError(f'config.training.long_chains={t.long_chains} must be '
                      f'<= config.training.batch_size={t.batch_size}')

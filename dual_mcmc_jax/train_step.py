@@ -298,7 +298,7 @@ class _Builder:
     x1, ebm_sn, info = sampling.revise_x(
         self.models, state.ebm, x0, key, self.s.langevin_x,
         normal=self.normal, name=noise.X_CHAIN, loop=self.loop)
-    return x1, ebm_sn, _chain_metrics('x_chain', info, x0.shape[0])
+    return x1, ebm_sn, langevin.chain_metrics('x_chain', info, x0, x1)
 
   # 3. z-revision.
   def z_chain(self, state: ts.TrainState, gen_state: dict[str, Any],
@@ -392,6 +392,9 @@ class _Builder:
       start = self.second_proposal
     else:
       start = self.first_chain_end
+    if t.negative_noise_fraction > 0:
+      start = remedies.with_noise_starts(start, t.negative_noise_fraction,
+                                         t.x_noise_low, t.x_noise_high)
     chain = self.negative_chain()
 
     def stage(state, gen, ebm_sn, x, key, z=None, x1=None):
@@ -453,8 +456,8 @@ class _Builder:
       x_neg, sn, info = sampling.revise_x(
           self.models, ebm, x0, key, s.langevin_x, normal=self.normal,
           name=noise.X_CHAIN_NEGATIVE, loop=self.loop, then=then)
-      return x_neg, sn, _chain_metrics('negative_chain', info,
-                                       x0.shape[0]), {}
+      return x_neg, sn, langevin.chain_metrics('negative_chain', info, x0,
+                                       x_neg), {}
 
     if t.long_chains:
       chain = remedies.with_long_chains(chain, self.models, s.langevin_x,
@@ -490,11 +493,3 @@ class _Builder:
     bounded = jnp.abs(metrics['energy_diff']) <= self.s.loss.energy_diff_limit
     metrics['healthy'] = jnp.logical_and(finite, bounded)
     return state.replace(step=state.step + 1, **fields), metrics
-
-
-def _chain_metrics(prefix: str, info: langevin.ChainInfo,
-                   batch: int) -> Metrics:
-  """A chain's mean energy at its start and end, and its gradient norm."""
-  return {f'{prefix}_energy_start': info.energy_start / batch,
-          f'{prefix}_energy_end': info.energy_last / batch,
-          f'{prefix}_grad_norm': info.grad_norm}

@@ -384,3 +384,16 @@ def test_x_energy_is_summed_ebm_energy_and_updates_power_iteration():
   u_after = new_state['batch_stats']['block0']['conv1']['u']
   assert u_after.shape == u_before.shape
   assert np.max(np.abs(np.asarray(u_after) - np.asarray(u_before))) > 1e-3
+
+
+def test_chain_metrics_move_is_the_rms_displacement():
+  info = langevin.ChainInfo(energy_start=jnp.float32(4.0),
+                            energy_last=jnp.float32(2.0),
+                            grad_norm=jnp.float32(1.5))
+  x0 = jnp.zeros((2, 2))
+  x_end = jnp.array([[3.0, 4.0], [0.0, 0.0]])
+  m = langevin.chain_metrics('c', info, x0, x_end)
+  assert set(m) == {'c_energy_start', 'c_energy_end', 'c_grad_norm',
+                    'c_move'}
+  np.testing.assert_allclose(m['c_move'], np.sqrt(25.0 / 2))
+  np.testing.assert_allclose(m['c_energy_start'], 2.0)

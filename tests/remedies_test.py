@@ -112,6 +112,25 @@ def _run(config, steps=2):
   return states, metrics
 
 
+def test_noise_starts_replace_the_last_chains():
+  def start(state, gen, key, *, x, z, x1):
+    del state, key, z, x1
+    return jnp.zeros_like(x), gen
+
+  run = remedies.with_noise_starts(start, 0.25, -4.0, 4.0)
+  x0, _ = run(None, 'gen', jax.random.key(0), x=jnp.ones((16, 2)), z=None,
+              x1=None)
+  x0 = np.asarray(x0)
+  assert np.all(x0[:12] == 0)  # The first 12 keep their start ...
+  tail = x0[12:]  # ... the last 4 are uniform in the box, all different.
+  assert np.all((tail >= -4.0) & (tail < 4.0))
+  assert len(np.unique(tail)) == tail.size
+  # A share below one chain changes nothing.
+  same, _ = remedies.with_noise_starts(start, 0.01, -4.0, 4.0)(
+      None, 'gen', jax.random.key(0), x=jnp.ones((16, 2)), z=None, x1=None)
+  assert np.all(np.asarray(same) == 0)
+
+
 def test_replay_buffer_is_state_and_takes_the_chain_ends():
   config = _toy(replay_buffer_size=64, replay_fraction=1.0)
   states, metrics = _run(config)
@@ -131,6 +150,7 @@ def test_replay_buffer_is_state_and_takes_the_chain_ends():
     {'long_chains': 4, 'long_chain_steps': 5},
     {'negative_chain_init': 'data'},
     {'x_chain_init': 'noise', 'replay_buffer_size': 32},
+    {'negative_noise_fraction': 0.25},
 ])
 def test_remedy_switches_train(training):
   states, metrics = _run(_toy(**training))
@@ -147,7 +167,8 @@ def test_remedies_need_the_negative_chain():
   config.langevin_x.jump_std = 0.0
   settings_lib.from_config(config)
   for group, field, value in (('langevin_x', 'jump_std', 1.5),
-                              ('training', 'replay_buffer_size', 8)):
+                              ('training', 'replay_buffer_size', 8),
+                              ('training', 'negative_noise_fraction', 0.25)):
     bad = _toy(second_x_chain=False)
     bad.langevin_x.jump_std = 0.0
     bad[group][field] = value
@@ -161,6 +182,8 @@ def test_remedies_need_the_negative_chain():
     ('long_chains', 17, r'long_chains=17 must be <= .*batch_size=16'),
     ('replay_fraction', 0.0, r'replay_fraction'),
     ('replay_buffer_size', -1, r'replay_buffer_size'),
+    ('negative_noise_fraction', 1.0,
+     r'negative_noise_fraction=1.0 must be a finite number >= 0 and < 1'),
 ])
 def test_bad_remedy_settings_are_one_line_errors(field, value, match):
   with pytest.raises(ValueError, match=match) as info:

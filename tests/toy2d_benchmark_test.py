@@ -19,6 +19,7 @@ import pytest
 from benchmarks import heldout2d
 from benchmarks import toy2d as bench
 from benchmarks import toy2d_score
+from benchmarks import toy2d_variants as variants_lib
 from configs import toy2d as toy2d_config
 from dual_mcmc_jax import networks
 from dual_mcmc_jax import toy2d
@@ -89,7 +90,7 @@ def test_scorer_gives_zero_divergence_for_the_true_energy():
 
 def test_variant_configs_and_their_gradient_budgets():
   base = toy2d_config.get_config()
-  budgets = {v: bench.langevin_gradients(bench.variant_config(base, v))
+  budgets = {v: variants_lib.langevin_gradients(variants_lib.variant_config(base, v))
              for v in bench.VARIANTS}
   x, z = base.langevin_x.steps, base.langevin_z.steps
   assert budgets == {
@@ -109,18 +110,18 @@ def test_variant_configs_and_their_gradient_budgets():
       'reference_chain': {'ebm': 2 * x, 'generator': z},
   }
   assert base.langevin_x.steps == x  # The base config is left alone.
-  assert bench.variant_config(base, 'no_jumps').langevin_x.jump_std == 0
+  assert variants_lib.variant_config(base, 'no_jumps').langevin_x.jump_std == 0
   # The shipped config has the buffer; the remedy rows that replace it
   # (and the old chain) run without one.
   assert base.training.replay_buffer_size > 0
   for variant in ('no_replay', 'long_chains', 'data_negatives',
                   'reference_chain'):
-    assert bench.variant_config(
+    assert variants_lib.variant_config(
         base, variant).training.replay_buffer_size == 0, variant
-  assert bench.variant_config(
+  assert variants_lib.variant_config(
       base, 'all_from_buffer').training.replay_fraction == 1.0
   with pytest.raises(ValueError, match='allowed: full'):
-    bench.variant_config(base, 'no_ebm')
+    variants_lib.variant_config(base, 'no_ebm')
 
 
 def test_heldout_densities_are_normalised_and_match_their_samples():

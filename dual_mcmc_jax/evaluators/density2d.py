@@ -16,7 +16,9 @@ What `benchmarks/toy2d.py` and the notebook report for a model trained on a
   revised samples against data);
 * `mode_coverage`: how evenly samples cover a Gaussian mixture's modes;
 * `mode_masses`: the learned density's mass per mode against the true
-  weights.
+  weights; `sample_mode_shares` the same for samples (a generator's);
+* `off_support_mass`: the learned density's mass where the true density
+  has almost none (energy that fell off the data).
 
 Plain numpy and scipy: nothing here needs an accelerator.
 """
@@ -108,6 +110,55 @@ PINWHEEL_REFERENCE_BANDWIDTH = 0.04
 # Share of the estimate's mass spread uniformly over the grid, so that no
 # cell is exactly zero and KL against another estimate stays finite.
 PINWHEEL_REFERENCE_UNIFORM = 1e-4
+
+
+def sample_mode_shares(x: np.ndarray, centres: np.ndarray,
+                       weights: np.ndarray) -> dict[str, Any]:
+  """The share of samples nearest each mode of a mixture against its weight.
+
+  Every sample counts towards the mode whose centre is nearest, as every
+  grid cell does in `mode_masses`.
+
+  Args:
+    x: samples [n, 2].
+    centres: the mixture's mode centres [K, 2].
+    weights: the true mode weights [K].
+
+  Returns:
+    {'shares': the samples' shares [K] (a list), 'mode_tv': 0.5 * sum
+    |share - weight|}.
+  """
+  d = np.linalg.norm(np.asarray(x, np.float64)[:, None, :] - centres[None],
+                     axis=-1)
+  shares = np.bincount(np.argmin(d, axis=1),
+                       minlength=len(centres)) / len(x)
+  return {'shares': [float(v) for v in shares],
+          'mode_tv': float(0.5 * np.abs(shares - weights).sum())}
+
+
+def off_support_mass(true_log_p: np.ndarray, model_log_p: np.ndarray,
+                     cell_area: float, coverage: float = 0.999) -> float:
+  """The model's mass outside the cells that hold the truth's mass.
+
+  The support is the smallest set of grid cells holding `coverage` of the
+  true mass on the grid; the truth itself puts 1 - coverage outside it.
+
+  Args:
+    true_log_p: the true log-density on the grid cells.
+    model_log_p: the model's normalised log-density on the same cells.
+    cell_area: the area of one cell.
+    coverage: the share of the true mass the support holds.
+
+  Returns:
+    The model's probability mass on the cells outside the support.
+  """
+  p = np.exp(np.asarray(true_log_p, np.float64)) * cell_area
+  order = np.argsort(p)[::-1]
+  inside = np.zeros(p.shape, bool)
+  inside[order[:np.searchsorted(np.cumsum(p[order]),
+                                coverage * p.sum()) + 1]] = True
+  q = np.exp(np.asarray(model_log_p, np.float64)) * cell_area
+  return float(q[~inside].sum())
 
 
 def grid(num: int, half_width: float = GRID_HALF_WIDTH
