@@ -46,6 +46,16 @@ Scores (all against the true density or fresh true samples):
   true samples; `ed_floor` is that of a second true sample set (~0).
 * `modes_generator`, `modes_revised`: 8gaussians modes holding a sample
   (within 3 std of the centre; `density2d.mode_coverage`).
+* `mode_shares_generator`, `mode_tv_generator` (and `_revised`): for
+  mixtures, the samples' share of each mode (nearest centre) and half the
+  summed difference from the true weights (`density2d.sample_mode_shares`).
+* `off_support_mass`: the learned density's mass outside the cells that
+  hold 99.9% of the true mass (`density2d.off_support_mass`; the truth's
+  own is 0.001): energy that fell where no data are.
+* `trace` (with `--trace_every=N`): the scores every N iterations, beside
+  that iteration's metrics (energies of data and negatives, how far each
+  x-chain moved its samples, the generator's two loss terms); the table's
+  second part and `toy2d_trace_<density>.png` show them.
 * `diverged_at`: the first checked step with a NaN loss or an exploding
   energy difference (training stops there; the benchmark never rolls back).
 
@@ -67,7 +77,8 @@ toy2d_benchmark.md (the table: mean +- standard deviation over seeds, and
 the lowest variant per density), toy2d_<density>.png (per variant, first
 seed: true density, learned density, generator samples, revised samples),
 toy2d_benchmark.png (all densities and variants in one figure),
-toy2d_densities.png (truth and learned density of `full`, the README's),
+toy2d_densities.png (truth, learned density and generator samples of
+`full`, the README's), toy2d_trace_<density>.png (with --trace_every),
 arrays_<density>_<variant>_<seed>.npz (grid densities and samples).
 `--merge_from` combines the outputs of runs made in parallel.
 

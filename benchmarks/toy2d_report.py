@@ -1,10 +1,13 @@
 """Tables and figures of benchmarks/toy2d.py from its rows and arrays.
 
 `markdown_table` (mean ± standard deviation over seeds, then the lowest
-variant per density) and `write_tables` write the table and JSON;
-`figures` draws one figure per density (every variant: truth, learned
-density, generator and revised samples), the overview of all densities, and
-the README's truth-over-learned figure (`densities_figure`).
+variant per density), `trace_table` (how the traced scores moved during
+training) and `write_tables` write the tables and JSON; `figures` draws one
+figure per density (every variant: truth, learned density, generator and
+revised samples), the overview of all densities, the README's figure of
+both models (truth, learned density, generator samples:
+`densities_figure`), and each traced density's scores against the
+iteration (`trace_figure`).
 """
 
 from __future__ import annotations
@@ -128,7 +131,11 @@ def summary_figure(path: str, results: dict[str, dict[str, dict[str, Any]]],
 
 def densities_figure(path: str, results: dict[str, dict[str, dict[str, Any]]],
                      num: int, variant: str = 'full') -> None:
-  """Truth above, the learned exp(-E / T) / Z below, one column per density.
+  """Both models of one variant, one column per density.
+
+  Rows: the true density, the EBM's learned exp(-E / T) / Z with its TV,
+  and the generator's samples G(z) with their energy distance (the row is
+  left out when the variant has no generator).
 
   Args:
     path: PNG to write.
@@ -137,13 +144,20 @@ def densities_figure(path: str, results: dict[str, dict[str, dict[str, Any]]],
     variant: the variant shown (the first one where it is missing).
   """
   plt = _plt()
-  fig, axes = plt.subplots(2, len(results),
-                           figsize=(1.45 * len(results), 3.5), squeeze=False)
-  for col, (name, runs) in enumerate(results.items()):
-    run = runs.get(variant) or next(iter(runs.values()))
-    _density_panel(axes[0, col], run['arrays']['true_log_p'], num, name)
-    _density_panel(axes[1, col], run['arrays']['model_log_p'], num,
-                   f'learned: TV {run["numbers"]["tv"]:.2f}')
+  runs = [r.get(variant) or next(iter(r.values())) for r in results.values()]
+  with_g = any(run['arrays'].get('generator') is not None for run in runs)
+  fig, axes = plt.subplots(3 if with_g else 2, len(results),
+                           figsize=(1.45 * len(results),
+                                    5.2 if with_g else 3.5), squeeze=False)
+  for col, (name, run) in enumerate(zip(results, runs)):
+    a, r = run['arrays'], run['numbers']
+    _density_panel(axes[0, col], a['true_log_p'], num, name)
+    _density_panel(axes[1, col], a['model_log_p'], num,
+                   f'EBM: TV {r["tv"]:.2f}')
+    if with_g:
+      ed = r.get('ed_generator')
+      _scatter_panel(axes[2, col], a.get('generator'),
+                     'G(z): ED ' + ('-' if ed is None else f'{ed:.3f}'))
   fig.tight_layout(pad=0.3)
   fig.savefig(path, dpi=90)
   plt.close(fig)
@@ -308,9 +322,55 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def _late(trace: list[dict[str, Any]], key: str) -> list[float] | None:
+  """`key`'s values over the second half of a trace (None if missing)."""
+  values = [r.get(key) for r in trace[len(trace) // 2:]]
+  if not values or any(v is None for v in values):
+    return None
+  return [float(v) for v in values]
+
+
+def _range(values: list[float] | None, digits: int) -> str:
+  if values is None:
+    return '-'
+  return (f'{np.mean(values):.{digits}f} '
+          f'[{min(values):.{digits}f}, {max(values):.{digits}f}]')
+
+
+def trace_table(rows: list[dict[str, Any]]) -> str:
+  """The second half of each traced run: mean [min, max] of its records.
+
+  Shows whether a score settled or swings, beside the chains' moves and the
+  energy gap between data and negatives. Empty when no row has a trace.
+  """
+  traced = [r for r in rows if r.get('trace')]
+  if not traced:
+    return ''
+  lines = ['| density | variant | seed | TV | mass off data | mode-mass TV | '
+           'ED G(z) | G mode TV | E(data) - E(neg) | x-chain move | '
+           'negative move |', '|' + ' --- |' * 11]
+  for r in traced:
+    t = r['trace']
+    cells = [_range(_late(t, 'tv'), 2), _range(_late(t, 'off_support_mass'), 3),
+             _range(_late(t, 'mode_mass_tv'), 2),
+             _range(_late(t, 'ed_generator'), 3),
+             _range(_late(t, 'mode_tv_generator'), 3),
+             _range(_late(t, 'energy_diff'), 2),
+             _fmt(_mean(_late(t, 'x_chain_move')), 2),
+             _fmt(_mean(_late(t, 'negative_chain_move')), 2)]
+    lines.append(f'| {r["density"]} | {r["variant"]} | {r["seed"]} | ' +
+                 ' | '.join(cells) + ' |')
+  return ('\nDuring training: mean [min, max] over the second half of the '
+          'trace\n\n' + '\n'.join(lines) + '\n')
+
+
+def _mean(values: list[float] | None) -> float | None:
+  return None if values is None else float(np.mean(values))
+
+
 def write_tables(out_dir: str, rows: list[dict[str, Any]],
                   seconds: float) -> None:
   with open(os.path.join(out_dir, 'toy2d_benchmark.json'), 'w') as f:
     json.dump({'wall_seconds': seconds, 'rows': rows}, f, indent=1)
   with open(os.path.join(out_dir, 'toy2d_benchmark.md'), 'w') as f:
-    f.write(markdown_table(rows))
+    f.write(markdown_table(rows) + trace_table(rows))

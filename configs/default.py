@@ -85,6 +85,10 @@ def get_config() -> ml_collections.ConfigDict:
   # negative chain (langevin.metropolis_jump); it lets a chain change mode.
   # 0: no jumps (the reference).
   lx.jump_std = 0.0
+  # A Metropolis jump by the difference of two generator samples after every
+  # step of the negative chain (remedies.generator_jump): it proposes the
+  # generator's other modes. False: none (the reference).
+  lx.generator_jumps = False
 
   # --- z-revision: Langevin on z under the generator posterior ----------
   config.langevin_z = lz = ml_collections.ConfigDict()

@@ -27,6 +27,7 @@ ADDED_FIELDS: dict[str, Any] = {
     'training.replay_fraction': 0.95,
     'training.negative_noise_fraction': 0.0,
     'langevin_x.jump_std': 0.0,
+    'langevin_x.generator_jumps': False,
     'loss.energy_l2': 0.0,
 }
 # Old name -> (new name, {old value: new value}).

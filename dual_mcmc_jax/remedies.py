@@ -17,6 +17,9 @@ composed into the step when it is built, never branched in its body:
   start uniform in the data's box instead;
 * Metropolis jumps (`langevin_x.jump_std`): a random-walk Metropolis step
   after every Langevin step, so that a chain can change mode;
+* generator jumps (`langevin_x.generator_jumps`): a Metropolis step by the
+  difference of two generator samples after every Langevin step, which
+  proposes the generator's other modes;
 * an energy penalty (`loss.energy_l2`): energy_l2 * (mean E(x)^2 +
   mean E(x_neg)^2) joins the EBM loss (Du & Mordatch, 2019).
 
@@ -77,9 +80,58 @@ def metropolis_jump(energies_fn: Callable[[Array, Any], Array], x: Array,
   return jnp.where(accept, proposal, x)
 
 
+def generator_jump(energies_fn: Callable[[Array, Any], Array], x: Array,
+                   aux: Any, key: Array, pool: Array,
+                   temperature: float) -> Array:
+  """One Metropolis step by the difference of two generator samples.
+
+  Each example proposes x' = x + pool[i] - pool[j] for a random ordered pair
+  i != j of a pool of generator samples G(z) drawn apart from the chain.
+  Given the pool the proposal is symmetric (the pair (j, i) is as likely as
+  (i, j)) and does not depend on x, so accepting with probability
+  min(1, exp((E(x) - E(x')) / T)) leaves exp(-E / T) exactly invariant. The
+  differences are the displacements between the generator's modes, so a
+  chain in one mode proposes the others about as often as the generator
+  visits them, where a random walk must hit a far, narrow mode by chance
+  (differential-evolution proposals, ter Braak, 2006).
+
+  Args:
+    energies_fn: `(x, aux) -> per-example energies [B]`.
+    x: current points [B, ...].
+    aux: state the energy reads (not updated).
+    key: PRNG key.
+    pool: generator samples [N, ...], N >= 2.
+    temperature: T of the target exp(-E / T).
+
+  Returns:
+    The new points.
+  """
+  k_i, k_j, k_accept = jax.random.split(key, 3)
+  n = pool.shape[0]
+  i = jax.random.randint(k_i, (x.shape[0],), 0, n)
+  j = (i + jax.random.randint(k_j, (x.shape[0],), 1, n)) % n  # j != i
+  proposal = x + pool[i] - pool[j]
+  log_ratio = (energies_fn(x, aux) - energies_fn(proposal, aux)) / temperature
+  log_u = jnp.log(jax.random.uniform(k_accept, log_ratio.shape))
+  accept = (log_u < log_ratio).reshape((-1,) + (1,) * (x.ndim - 1))
+  return jnp.where(accept, proposal, x)
+
+
+def generator_pool(models: networks.Models, gen: ts.NetState, key: Array,
+                   n: int) -> Array:
+  """n generator samples for `generator_jump`, drawn apart from the chain."""
+  z = jax.random.normal(jax.random.fold_in(key, 5), (n, models.nz))
+  return sampling.generate(models, gen, z)[0]  # The state is not updated.
+
+
 def jumps(models: networks.Models, params: Any,
-          chain: settings_lib.XChainSettings) -> langevin.Then:
-  """A chain's `then`: a `metropolis_jump` after every Langevin step."""
+          chain: settings_lib.XChainSettings,
+          pool: Array | None = None) -> langevin.Then:
+  """A chain's `then`: the Metropolis jumps after every Langevin step.
+
+  A random-walk jump (`metropolis_jump`) when `chain.jump_std > 0`, then a
+  generator-difference jump (`generator_jump`) when `pool` is given.
+  """
   temperature = langevin.temperature(chain)
 
   def energies(x, sn_state):
@@ -88,8 +140,13 @@ def jumps(models: networks.Models, params: Any,
 
   def then(i, x, aux, key):
     del i
-    return metropolis_jump(energies, x, aux, jax.random.fold_in(key, 1),
-                           chain.jump_std, temperature)
+    if chain.jump_std > 0:
+      x = metropolis_jump(energies, x, aux, jax.random.fold_in(key, 1),
+                          chain.jump_std, temperature)
+    if pool is not None:
+      x = generator_jump(energies, x, aux, jax.random.fold_in(key, 2), pool,
+                         temperature)
+    return x
 
   return then
 

@@ -182,9 +182,10 @@ class ChainSettings:
 @dataclasses.dataclass(frozen=True)
 class XChainSettings(ChainSettings):
   """`config.langevin_x`: the x-chain, with the remedies' jump size."""
-  # Std of a Metropolis jump after every step of the EBM's negative chain
-  # (remedies.py); 0: none, as in the reference.
+  # Metropolis jumps after each step of the EBM's negative chain (remedies.py):
+  # a random walk of this std (0: none, the reference), generator differences.
   jump_std: float = field(NON_NEGATIVE, default=0.0)
+  generator_jumps: bool = field(default=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -468,24 +469,23 @@ def _check_relations(s: Settings, check_devices: bool) -> None:
     raise ValueError('config.training.num_train_steps and num_epochs are '
                      'both 0; set one of them > 0')
   if not t.x_noise_low < t.x_noise_high:
-    raise ValueError(
-        f'config.training.x_noise_low={t.x_noise_low} must be < '
-        f'config.training.x_noise_high={t.x_noise_high}')
+    raise ValueError(f'config.training.x_noise_low={t.x_noise_low} must be < '
+                     f'config.training.x_noise_high={t.x_noise_high}')
   if t.x_chain_init == 'generator' and not (t.generator_x_teaching or
                                             t.generator_data_teaching):
     raise ValueError('config.training.generator_x_teaching and '
                      'generator_data_teaching are both False, so the '
                      'generator would learn nothing; for an EBM alone use '
                      "config.training.x_chain_init='noise'")
-  own_chain = (t.second_x_chain or t.negative_chain_init == 'data' or
-               t.x_chain_init == 'noise')
-  if not own_chain and (t.replay_buffer_size > 0 or s.langevin_x.jump_std > 0
-                        or t.negative_noise_fraction > 0):
+  lx, own_chain = s.langevin_x, (t.second_x_chain or t.x_chain_init == 'noise'
+                                 or t.negative_chain_init == 'data')
+  if not own_chain and (t.replay_buffer_size > 0 or lx.jump_std > 0 or
+                        lx.generator_jumps or t.negative_noise_fraction > 0):
     raise ValueError('config.training.replay_buffer_size, '
-                     'negative_noise_fraction and config.langevin_x.jump_std '
-                     "act on the EBM's own negative chain, which "
-                     'config.training.second_x_chain=False removes; set '
-                     "second_x_chain=True or negative_chain_init='data'")
+                     'negative_noise_fraction and config.langevin_x.jump_std, '
+                     "generator_jumps act on the EBM's own negative chain, "
+                     'which config.training.second_x_chain=False removes; '
+                     "set second_x_chain=True or negative_chain_init='data'")
   if t.long_chains > t.batch_size:
     raise ValueError(f'config.training.long_chains={t.long_chains} must be '
                      f'<= config.training.batch_size={t.batch_size}')

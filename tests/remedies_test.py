@@ -69,6 +69,45 @@ def test_metropolis_jumps_find_the_true_mode_weights():
   np.testing.assert_allclose(first.std(0), [_STD, _STD], rtol=0.08)
 
 
+def test_generator_jumps_find_the_true_mode_weights_from_a_wrong_pool():
+  # The pool puts the modes at 50 / 50, not the target's 80 / 20: the jumps
+  # only propose moves between modes; the weights come from the energy.
+  settings = settings_lib.XChainSettings(steps=100, step_size=0.01,
+                                         rule='paper')
+  rng = np.random.default_rng(0)
+  pool = jnp.asarray(_CENTRES[rng.integers(0, 2, 256)] +
+                     _STD * rng.standard_normal((256, 2)), jnp.float32)
+  x0 = jnp.tile(jnp.asarray(_CENTRES[:1], jnp.float32), (4000, 1))
+
+  def jump(i, x, aux, key):
+    del i
+    return remedies.generator_jump(_mixture_energies, x, aux,
+                                   jax.random.fold_in(key, 2), pool, 1.0)
+
+  x = np.asarray(jax.jit(lambda k: langevin.langevin(
+      _mixture_energy, x0, k, settings, then=jump)[0])(jax.random.key(1)))
+  # A quarter of the random-walk chain's length reaches the weights (the
+  # random walk of std 3 needs 400 steps in the test above).
+  assert float(np.mean(x[:, 0] > 0)) == pytest.approx(0.2, abs=0.03)
+  first = x[x[:, 0] < 0]
+  np.testing.assert_allclose(first.std(0), [_STD, _STD], rtol=0.08)
+
+
+def test_generator_jump_acceptance_by_hand():
+  x = jnp.asarray([[-2.0, 0.0], [2.0, 0.0], [-2.0, 0.3]], jnp.float32)
+  pool = jnp.asarray([[0.0, 0.0], [4.0, 0.0], [0.0, 1.0]], jnp.float32)
+  key = jax.random.key(3)
+  got = remedies.generator_jump(_mixture_energies, x, None, key, pool, 1.0)
+  k_i, k_j, k_accept = jax.random.split(key, 3)
+  i = jax.random.randint(k_i, (3,), 0, 3)
+  j = (i + jax.random.randint(k_j, (3,), 1, 3)) % 3
+  assert np.all(np.asarray(i) != np.asarray(j))
+  proposal = x + pool[i] - pool[j]
+  ratio = _mixture_energies(x, None) - _mixture_energies(proposal, None)
+  accept = jnp.log(jax.random.uniform(k_accept, (3,))) < ratio
+  np.testing.assert_array_equal(got, jnp.where(accept[:, None], proposal, x))
+
+
 def test_metropolis_jump_acceptance_by_hand():
   x = jnp.asarray([[-2.0, 0.0], [2.0, 0.0]], jnp.float32)
   key = jax.random.key(3)
@@ -151,9 +190,15 @@ def test_replay_buffer_is_state_and_takes_the_chain_ends():
     {'negative_chain_init': 'data'},
     {'x_chain_init': 'noise', 'replay_buffer_size': 32},
     {'negative_noise_fraction': 0.25},
+    {'negative_noise_fraction': 0.25, 'langevin_x.generator_jumps': True},
 ])
 def test_remedy_switches_train(training):
-  states, metrics = _run(_toy(**training))
+  config = _toy(**{k: v for k, v in training.items() if '.' not in k})
+  for path, value in training.items():
+    if '.' in path:
+      group, field = path.split('.')
+      config[group][field] = value
+  states, metrics = _run(config)
   assert bool(metrics['healthy'])
   assert not np.array_equal(
       jax.tree.leaves(states[0].ebm.params)[0],
@@ -167,6 +212,7 @@ def test_remedies_need_the_negative_chain():
   config.langevin_x.jump_std = 0.0
   settings_lib.from_config(config)
   for group, field, value in (('langevin_x', 'jump_std', 1.5),
+                              ('langevin_x', 'generator_jumps', True),
                               ('training', 'replay_buffer_size', 8),
                               ('training', 'negative_noise_fraction', 0.25)):
     bad = _toy(second_x_chain=False)

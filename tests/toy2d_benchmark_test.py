@@ -18,6 +18,7 @@ import pytest
 
 from benchmarks import heldout2d
 from benchmarks import toy2d as bench
+from benchmarks import toy2d_lengths
 from benchmarks import toy2d_score
 from benchmarks import toy2d_variants as variants_lib
 from configs import toy2d as toy2d_config
@@ -90,8 +91,8 @@ def test_scorer_gives_zero_divergence_for_the_true_energy():
 
 def test_variant_configs_and_their_gradient_budgets():
   base = toy2d_config.get_config()
-  budgets = {v: variants_lib.langevin_gradients(variants_lib.variant_config(base, v))
-             for v in bench.VARIANTS}
+  budgets = {v: variants_lib.langevin_gradients(
+      variants_lib.variant_config(base, v)) for v in variants_lib.VARIANTS}
   x, z = base.langevin_x.steps, base.langevin_z.steps
   assert budgets == {
       'full': {'ebm': 2 * x, 'generator': z},
@@ -108,7 +109,21 @@ def test_variant_configs_and_their_gradient_budgets():
       'long_chains': {'ebm': 2 * x + 38, 'generator': z},
       'data_negatives': {'ebm': 2 * x, 'generator': z},
       'reference_chain': {'ebm': 2 * x, 'generator': z},
+      'replay': {'ebm': 2 * x, 'generator': z},
+      'paper': {'ebm': 2 * x, 'generator': z},
+      'paper_jumps': {'ebm': 2 * x, 'generator': z},
+      'paper_replay': {'ebm': 2 * x, 'generator': z},
+      'paper_energy_l2': {'ebm': 2 * x, 'generator': z},
   }
+  # The paper's iteration has no remedy; each 'paper_' row adds one alone.
+  remedies_on = lambda c: (c.langevin_x.jump_std > 0,
+                           c.training.replay_buffer_size > 0,
+                           c.loss.energy_l2 > 0)
+  for variant, on in (('paper', (False, False, False)),
+                      ('paper_jumps', (True, False, False)),
+                      ('paper_replay', (False, True, False)),
+                      ('paper_energy_l2', (False, False, True))):
+    assert remedies_on(variants_lib.variant_config(base, variant)) == on
   assert base.langevin_x.steps == x  # The base config is left alone.
   assert variants_lib.variant_config(base, 'no_jumps').langevin_x.jump_std == 0
   # The shipped config has the buffer; the remedy rows that replace it
@@ -152,7 +167,8 @@ def test_tiny_benchmark_run_writes_table_and_figures(tmp_path):
   rows = bench.run_benchmark(['8gaussians', 'unequal3'],
                              ['full', 'noise_init_ebm'], seeds=[0, 1],
                              num=36, num_samples=100, out_dir=out,
-                             config=config, steps=3, batch_size=32)
+                             config=config, steps=3, batch_size=32,
+                             trace_every=2)
   assert [(r['density'], r['variant'], r['seed']) for r in rows] == [
       (d, v, s) for d in ('8gaussians', 'unequal3')
       for v in ('full', 'noise_init_ebm') for s in (0, 1)]
@@ -163,6 +179,17 @@ def test_tiny_benchmark_run_writes_table_and_figures(tmp_path):
     assert len(r['mode_masses']) == r['num_modes']
   assert rows[0]['ed_generator'] is not None
   assert rows[2]['ed_generator'] is None
+  # The generator's share of each mode, and the density's mass off the data.
+  assert len(rows[0]['mode_shares_generator']) == 8
+  assert sum(rows[0]['mode_shares_generator']) == pytest.approx(1.0)
+  assert 0 <= rows[0]['mode_tv_generator'] <= 1
+  assert 0 <= rows[0]['off_support_mass'] <= 1
+  # The trace: one record at step 2 of 3, with the step's chain moves.
+  for r in rows:
+    assert [t['step'] for t in r['trace']] == [2]
+    assert r['trace'][0]['negative_chain_move'] > 0
+    assert 'tv' in r['trace'][0] and 'energy_diff' in r['trace'][0]
+  assert rows[0]['trace'][0]['x_chain_move'] > 0
   # The held-out density went through an npz file.
   assert os.path.exists(os.path.join(out, 'heldout_unequal3_0_512.npz'))
   with open(os.path.join(out, 'toy2d_benchmark.json')) as f:
@@ -173,8 +200,35 @@ def test_tiny_benchmark_run_writes_table_and_figures(tmp_path):
   assert ('| 8gaussians | full | 2 | ' in table and
           f'{np.mean(tv):.2f} ± {np.std(tv):.2f}' in table)
   assert '| unequal3 | noise_init_ebm | 2 |' in table
+  assert 'During training: mean [min, max]' in table
+  assert '| unequal3 | full | 1 | ' in table  # A trace row per run.
   for name in ('toy2d_8gaussians.png', 'toy2d_unequal3.png',
-               'toy2d_benchmark.png', 'toy2d_densities.png'):
+               'toy2d_benchmark.png', 'toy2d_densities.png',
+               'toy2d_trace_8gaussians.png', 'toy2d_trace_unequal3.png'):
     assert os.path.getsize(os.path.join(out, name)) > 1000
   merged = bench.merge_runs([out], os.path.join(out, 'merged'))
   assert merged == rows
+
+
+def test_length_sweep_spends_equal_gradient_budgets(tmp_path):
+  base = toy2d_config.get_config()
+  base.training.replay_buffer_size = 0
+  for variant, length, per_iter in (('full', 5, 2 * 5 + 10),
+                                    ('full', 100, 2 * 100 + 10),
+                                    ('noise_init_ebm', 30, 30)):
+    config = toy2d_lengths.length_config(base, variant, length, 21_000)
+    assert config.langevin_x.steps == length
+    assert config.training.num_train_steps == 21_000 // per_iter
+  config = toy2d_config.get_config()
+  config.model.mlp_hidden = 16
+  config.langevin_z.steps = 2
+  config.data.toy2d_num_points = 512
+  config.training.batch_size = 32
+  rows = toy2d_lengths.run(['unequal3'], ['full', 'noise_init_ebm'], [2, 4],
+                           [0], budget=40, num=36, num_samples=100,
+                           out_dir=str(tmp_path), config=config)
+  assert [(r['variant'], r['x_steps'], r['steps']) for r in rows] == [
+      ('full', 2, 40 // 6), ('full', 4, 40 // 10),
+      ('noise_init_ebm', 2, 20), ('noise_init_ebm', 4, 10)]
+  assert all(0 <= r['tv'] <= 1 for r in rows)
+  assert os.path.getsize(tmp_path / 'toy2d_lengths.png') > 1000

@@ -276,3 +276,19 @@ def test_energy_distance_is_zero_for_one_distribution_and_grows_with_shift():
   # E|X - X'| = sqrt(pi) for 2-D standard normals.
   far = density2d.energy_distance(x, rng.standard_normal((1500, 2)) + [20.0, 0.0])
   assert far == pytest.approx(2 * 20.0 - 2 * math.sqrt(math.pi), rel=0.01)
+
+
+def test_sample_mode_shares_and_off_support_mass_by_hand():
+  centres = np.array([[-2.0, 0.0], [2.0, 0.0]])
+  x = np.array([[-1.9, 0.1], [-2.5, 0.0], [1.0, 3.0], [-0.1, 0.0]])
+  shares = density2d.sample_mode_shares(x, centres, np.array([0.5, 0.5]))
+  assert shares['shares'] == [0.75, 0.25]
+  assert shares['mode_tv'] == pytest.approx(0.25)
+  # Truth on 4 cells of area 1: 0.6, 0.3, 0.0999, 0.0001. At coverage 0.99
+  # the support is the first three cells.
+  true_log_p = np.log([0.6, 0.3, 0.0999, 0.0001])
+  model = np.log([0.25, 0.25, 0.25, 0.25])
+  assert density2d.off_support_mass(true_log_p, model, 1.0,
+                                    coverage=0.99) == pytest.approx(0.25)
+  assert density2d.off_support_mass(true_log_p, true_log_p, 1.0,
+                                    coverage=0.99) == pytest.approx(1e-4)
