@@ -99,6 +99,7 @@ from typing import Any, Callable
 from absl import app
 from absl import flags
 from absl import logging
+from flax import traverse_util
 import jax
 import ml_collections
 from ml_collections import config_flags
@@ -287,8 +288,21 @@ def row_of_run(density: str, variant: str,
           'grads_ebm': grads['ebm'], 'grads_generator': grads['generator'],
           'train_seconds': info['seconds'],
           'compile_seconds': info['compile_seconds'],
-          'diverged_at': info['diverged_at'], **numbers,
+          'diverged_at': info['diverged_at'],
+          'config_changes': config_changes(config), **numbers,
           **({'trace': info['trace']} if info['trace'] else {})}
+
+
+def config_changes(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The run's fields that differ from configs/toy2d.py, by dotted name.
+
+  Leaves out the data source and the seed, which every row names anyway.
+  """
+  flat = lambda c: traverse_util.flatten_dict(c.to_dict(), sep='.')
+  default, run = flat(toy2d_config.get_config()), flat(config)
+  return {k: v for k, v in sorted(run.items())
+          if default.get(k) != v and not k.startswith('data.')
+          and k != 'training.seed'}
 
 
 def base_config(config: ml_collections.ConfigDict | None, steps: int,

@@ -171,9 +171,9 @@ _TRACE_PANELS = (
     ('G: energy distance', ('ed_generator',)),
     ('G: mode-share TV', ('mode_tv_generator',)),
     ('E(data) - E(negatives)', ('energy_diff',)),
-    ('x-chain move (solid), negative chain (dashed)',
+    ('moves: x-chain (-), negatives (--)',
      ('x_chain_move', 'negative_chain_move')),
-    ('G loss terms: x-teaching (solid), reconstruction (dashed)',
+    ('G loss: x-teaching (-), recon. (--)',
      ('g_dist_to_x_revised', 'g_rec_after_z_chain')),
 )
 
@@ -201,7 +201,8 @@ def trace_figure(path: str, name: str, runs: dict[str, dict[str, Any]]
                 label=variant if style == '-' else None)
     ax.set_title(title, fontsize=8)
     ax.tick_params(labelsize=7)
-    if title.startswith(('G loss', 'x-chain')):
+    ax.set_xlabel('iteration', fontsize=7)
+    if title.startswith(('G loss', 'moves', 'G: energy')):
       ax.set_yscale('log')
   axes.flat[0].legend(fontsize=6)
   fig.suptitle(f'{name}: during training', fontsize=9)

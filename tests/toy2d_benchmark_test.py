@@ -179,6 +179,11 @@ def test_tiny_benchmark_run_writes_table_and_figures(tmp_path):
     assert len(r['mode_masses']) == r['num_modes']
   assert rows[0]['ed_generator'] is not None
   assert rows[2]['ed_generator'] is None
+  # Each row names what its config changed from configs/toy2d.py.
+  assert rows[0]['config_changes'] == {
+      'langevin_x.steps': 3, 'langevin_z.steps': 3, 'model.mlp_hidden': 16,
+      'training.batch_size': 32, 'training.num_train_steps': 3}
+  assert rows[2]['config_changes']['training.x_chain_init'] == 'noise'
   # The generator's share of each mode, and the density's mass off the data.
   assert len(rows[0]['mode_shares_generator']) == 8
   assert sum(rows[0]['mode_shares_generator']) == pytest.approx(1.0)
