@@ -59,7 +59,8 @@ Scores (all against the true density or fresh true samples):
 * `diverged_at`: the first checked step with a NaN loss or an exploding
   energy difference (training stops there; the benchmark never rolls back).
 
-Variants (`toy2d_variants.VARIANTS`: config overrides on `--config`): `full` is the config
+Variants (`toy2d_variants.VARIANTS`: config overrides on `--config`, which
+refuse to undo a `--config.` flag of the command): `full` is the config
 itself; the ablations remove one teaching signal (`no_z_revision`,
 `no_x_teaching`, `cooperative`, `noise_init_ebm`); the remedy rows turn the
 config's Metropolis jumps, replay buffer or energy penalty off (`no_jumps`,
@@ -470,6 +471,11 @@ def main(argv):
     if v not in variants_lib.VARIANTS:
       raise app.UsageError(f'--variants names {v!r}; allowed: '
                            f'{", ".join(variants_lib.VARIANTS)}')
+  try:
+    variants_lib.check_variants(
+        FLAGS.variants, config_flags.get_override_values(FLAGS['config']))
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   start = time.perf_counter()
   rows = run_benchmark(FLAGS.densities, FLAGS.variants, seeds, FLAGS.grid,
                        FLAGS.num_samples, FLAGS.out_dir, FLAGS.config,

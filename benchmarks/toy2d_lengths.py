@@ -168,6 +168,11 @@ def main(argv):
     if v not in variants_lib.VARIANTS:
       raise app.UsageError(f'--variants names {v!r}; allowed: '
                            f'{", ".join(variants_lib.VARIANTS)}')
+  try:
+    variants_lib.check_variants(
+        FLAGS.variants, config_flags.get_override_values(FLAGS['config']))
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   run(FLAGS.densities, FLAGS.variants, [int(n) for n in FLAGS.lengths],
       [int(s) for s in FLAGS.seeds], FLAGS.budget, FLAGS.grid,
       FLAGS.num_samples, FLAGS.out_dir, copy.deepcopy(FLAGS.config))

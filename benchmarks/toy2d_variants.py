@@ -114,3 +114,33 @@ def langevin_gradients(config: ml_collections.ConfigDict) -> dict[str, int]:
   z_chain = t.generator_data_teaching and t.z_revision
   return {'ebm': chains * x_steps + round(extra / int(t.batch_size)),
           'generator': z_steps if z_chain else 0}
+
+
+def check_variants(variants: list[str], overrides: dict[str, Any]) -> None:
+  """Refuses a variant that would undo a `--config.` flag of the command.
+
+  A variant's overrides are applied to the config the command line made,
+  so `--variants=paper --config.langevin_x.jump_std=1.5` would silently run
+  without jumps. A relative override (a function of the config's value)
+  builds on the flag and is allowed.
+
+  Args:
+    variants: names, each a key of `VARIANTS`.
+    overrides: the command line's config overrides, by dotted field name
+      (`config_flags.get_override_values`).
+
+  Raises:
+    ValueError: one line naming the variant, the field and both values.
+  """
+  for variant in variants:
+    if variant not in VARIANTS:
+      raise ValueError(f'--variants names {variant!r}; allowed: '
+                       f'{", ".join(VARIANTS)}')
+    for group, field, value in VARIANTS[variant][0]:
+      name = f'{group}.{field}'
+      if name in overrides and not callable(value) and (
+          overrides[name] != value):
+        raise ValueError(
+            f'--variants={variant} sets {name}={value!r}, which undoes '
+            f'--config.{name}={overrides[name]!r}; drop the flag or choose '
+            'a variant that leaves the field alone')

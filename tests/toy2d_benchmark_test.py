@@ -9,6 +9,8 @@ one density and checks what it writes.
 
 import json
 import os
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -237,3 +239,33 @@ def test_length_sweep_spends_equal_gradient_budgets(tmp_path):
       ('noise_init_ebm', 2, 20), ('noise_init_ebm', 4, 10)]
   assert all(0 <= r['tv'] <= 1 for r in rows)
   assert os.path.getsize(tmp_path / 'toy2d_lengths.png') > 1000
+
+
+def test_a_variant_that_undoes_a_config_flag_is_refused():
+  # --variants=paper turns the jumps off; with --config.langevin_x.jump_std
+  # on the same command line it would silently run without them.
+  with pytest.raises(ValueError, match=(
+      r'^--variants=paper sets langevin_x.jump_std=0.0, which undoes '
+      r'--config.langevin_x.jump_std=1.5; drop the flag')):
+    variants_lib.check_variants(['full', 'paper'],
+                                {'langevin_x.jump_std': 1.5})
+  # Flags the variant leaves alone, the same value, or a relative override
+  # (noise_init_ebm doubles the steps) are fine.
+  variants_lib.check_variants(['paper', 'noise_init_ebm'], {
+      'loss.s_factor': 1.0, 'langevin_x.jump_std': 0.0,
+      'langevin_x.steps': 10})
+  with pytest.raises(ValueError, match="names 'nope'; allowed: full"):
+    variants_lib.check_variants(['nope'], {})
+
+
+def test_the_benchmark_command_refuses_the_clash_in_one_line():
+  result = subprocess.run(
+      [sys.executable, 'benchmarks/toy2d.py', '--densities=banana',
+       '--variants=paper_energy_l2', '--config=configs/toy2d.py',
+       '--config.loss.energy_l2=0.01', '--out_dir=/nonexistent/never'],
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+      capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0
+  assert 'Traceback' not in result.stderr
+  assert ('--variants=paper_energy_l2 sets loss.energy_l2=0.1, which undoes '
+          '--config.loss.energy_l2=0.01') in result.stderr
