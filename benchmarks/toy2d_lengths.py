@@ -137,6 +137,8 @@ def figure(path: str, rows: list[dict[str, Any]]) -> None:
         ax.scatter([r['x_steps'] for r in runs], [r[key] for r in runs],
                    s=6, color=colour, alpha=0.5)
       ax.set_xscale('log')
+      if key == 'ed_generator':
+        ax.set_yscale('log')
       ax.minorticks_off()
       ax.set_xticks(sorted({r['x_steps'] for r in mine}))
       ax.set_xticklabels([str(n) for n in sorted({r['x_steps']
