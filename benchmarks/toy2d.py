@@ -451,6 +451,24 @@ def score_workdir(config: ml_collections.ConfigDict, workdir: str,
   return numbers
 
 
+def check_command(densities: list[str], variants: list[str], config_flag,
+                  allowed: tuple[str, ...]) -> None:
+  """Refuses a bad benchmark command with one UsageError line.
+
+  A density outside `allowed`, an unknown variant, or a variant that would
+  undo a `--config.` flag of the command (`toy2d_variants.check_variants`).
+  """
+  for name in densities:
+    if name not in allowed:
+      raise app.UsageError(f'--densities names {name!r}; allowed: '
+                           f'{", ".join(allowed)}')
+  try:
+    variants_lib.check_variants(
+        variants, config_flags.get_override_values(config_flag))
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+
+
 def main(argv):
   del argv
   seeds = [int(s) for s in FLAGS.seeds]
@@ -463,19 +481,8 @@ def main(argv):
   if FLAGS.merge_from:
     print(report.markdown_table(merge_runs(FLAGS.merge_from, FLAGS.out_dir)))
     return
-  for name in FLAGS.densities:
-    if name not in DENSITIES and name != '25gaussians':
-      raise app.UsageError(f'--densities names {name!r}; allowed: '
-                           f'{", ".join(DENSITIES + ("25gaussians",))}')
-  for v in FLAGS.variants:
-    if v not in variants_lib.VARIANTS:
-      raise app.UsageError(f'--variants names {v!r}; allowed: '
-                           f'{", ".join(variants_lib.VARIANTS)}')
-  try:
-    variants_lib.check_variants(
-        FLAGS.variants, config_flags.get_override_values(FLAGS['config']))
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
+  check_command(FLAGS.densities, FLAGS.variants, FLAGS['config'],
+                DENSITIES + ('25gaussians',))
   start = time.perf_counter()
   rows = run_benchmark(FLAGS.densities, FLAGS.variants, seeds, FLAGS.grid,
                        FLAGS.num_samples, FLAGS.out_dir, FLAGS.config,

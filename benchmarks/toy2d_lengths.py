@@ -29,7 +29,6 @@ import sys
 import time
 from typing import Any
 
-from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
@@ -162,19 +161,8 @@ def main(argv):
     os.makedirs(FLAGS.out_dir, exist_ok=True)
     write(FLAGS.out_dir, rows, 0.0)
     return
-  for name in FLAGS.densities:
-    if name not in bench.DENSITIES:
-      raise app.UsageError(f'--densities names {name!r}; allowed: '
-                           f'{", ".join(bench.DENSITIES)}')
-  for v in FLAGS.variants:
-    if v not in variants_lib.VARIANTS:
-      raise app.UsageError(f'--variants names {v!r}; allowed: '
-                           f'{", ".join(variants_lib.VARIANTS)}')
-  try:
-    variants_lib.check_variants(
-        FLAGS.variants, config_flags.get_override_values(FLAGS['config']))
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
+  bench.check_command(FLAGS.densities, FLAGS.variants, FLAGS['config'],
+                      bench.DENSITIES)
   run(FLAGS.densities, FLAGS.variants, [int(n) for n in FLAGS.lengths],
       [int(s) for s in FLAGS.seeds], FLAGS.budget, FLAGS.grid,
       FLAGS.num_samples, FLAGS.out_dir, copy.deepcopy(FLAGS.config))

@@ -178,10 +178,8 @@ def draw_samples(config: ml_collections.ConfigDict, models: networks.Models,
       z = jax.random.normal(k_init, (n, models.nz), jnp.float32)
       x0, _ = sampling.generate(models, state.gen, z)
     # The chain of the run's negatives, with its Metropolis jumps if any.
-    pool = (remedies.generator_pool(models, state.gen, k_chain, n)
-            if lx.generator_jumps else None)
-    then = (remedies.jumps(models, state.ebm.params, lx, pool)
-            if lx.jump_std > 0 or lx.generator_jumps else langevin.unchanged)
+    then = remedies.negative_chain_jumps(models, state.ebm.params, state.gen,
+                                         lx, k_chain, n)
     x1, _, _ = sampling.revise_x(models, state.ebm, x0, k_chain, lx,
                                  then=then)
     return x0, x1

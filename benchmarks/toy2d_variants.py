@@ -76,6 +76,13 @@ VARIANTS: dict[str, tuple[tuple[tuple[str, str, Any], ...], str]] = {
 }
 
 
+def check_name(variant: str) -> None:
+  """Raises ValueError (one line, the names allowed) unless it is a variant."""
+  if variant not in VARIANTS:
+    raise ValueError(f'--variants names {variant!r}; allowed: '
+                     f'{", ".join(VARIANTS)}')
+
+
 def variant_config(base: ml_collections.ConfigDict, variant: str
                    ) -> ml_collections.ConfigDict:
   """`base` with a variant's overrides applied.
@@ -87,9 +94,7 @@ def variant_config(base: ml_collections.ConfigDict, variant: str
   Returns:
     A modified copy.
   """
-  if variant not in VARIANTS:
-    raise ValueError(f'--variants names {variant!r}; allowed: '
-                     f'{", ".join(VARIANTS)}')
+  check_name(variant)
   config = copy.deepcopy(base)
   for group, field, value in VARIANTS[variant][0]:
     config[group][field] = value(config[group][field]) if callable(
@@ -133,9 +138,7 @@ def check_variants(variants: list[str], overrides: dict[str, Any]) -> None:
     ValueError: one line naming the variant, the field and both values.
   """
   for variant in variants:
-    if variant not in VARIANTS:
-      raise ValueError(f'--variants names {variant!r}; allowed: '
-                       f'{", ".join(VARIANTS)}')
+    check_name(variant)
     for group, field, value in VARIANTS[variant][0]:
       name = f'{group}.{field}'
       if name in overrides and not callable(value) and (

@@ -51,6 +51,20 @@ Chain = Callable[[ts.TrainState, dict[str, Any], Array, Array],
 Start = Callable[..., tuple[Array, ts.NetState]]
 
 
+def _accept(energies_fn: Callable[[Array, Any], Array], x: Array,
+            proposal: Array, aux: Any, key: Array,
+            temperature: float) -> Array:
+  """Moves each example to its proposal with the Metropolis probability.
+
+  min(1, exp((E(x) - E(x')) / T)), right for a symmetric proposal; both
+  jumps below use it.
+  """
+  log_ratio = (energies_fn(x, aux) - energies_fn(proposal, aux)) / temperature
+  log_u = jnp.log(jax.random.uniform(key, log_ratio.shape))
+  accept = (log_u < log_ratio).reshape((-1,) + (1,) * (x.ndim - 1))
+  return jnp.where(accept, proposal, x)
+
+
 def metropolis_jump(energies_fn: Callable[[Array, Any], Array], x: Array,
                     aux: Any, key: Array, std: float,
                     temperature: float) -> Array:
@@ -74,10 +88,7 @@ def metropolis_jump(energies_fn: Callable[[Array, Any], Array], x: Array,
   """
   k_prop, k_accept = jax.random.split(key)
   proposal = x + std * jax.random.normal(k_prop, x.shape, x.dtype)
-  log_ratio = (energies_fn(x, aux) - energies_fn(proposal, aux)) / temperature
-  log_u = jnp.log(jax.random.uniform(k_accept, log_ratio.shape))
-  accept = (log_u < log_ratio).reshape((-1,) + (1,) * (x.ndim - 1))
-  return jnp.where(accept, proposal, x)
+  return _accept(energies_fn, x, proposal, aux, k_accept, temperature)
 
 
 def generator_jump(energies_fn: Callable[[Array, Any], Array], x: Array,
@@ -111,10 +122,7 @@ def generator_jump(energies_fn: Callable[[Array, Any], Array], x: Array,
   i = jax.random.randint(k_i, (x.shape[0],), 0, n)
   j = (i + jax.random.randint(k_j, (x.shape[0],), 1, n)) % n  # j != i
   proposal = x + pool[i] - pool[j]
-  log_ratio = (energies_fn(x, aux) - energies_fn(proposal, aux)) / temperature
-  log_u = jnp.log(jax.random.uniform(k_accept, log_ratio.shape))
-  accept = (log_u < log_ratio).reshape((-1,) + (1,) * (x.ndim - 1))
-  return jnp.where(accept, proposal, x)
+  return _accept(energies_fn, x, proposal, aux, k_accept, temperature)
 
 
 def generator_pool(models: networks.Models, gen: ts.NetState, key: Array,
@@ -149,6 +157,21 @@ def jumps(models: networks.Models, params: Any,
     return x
 
   return then
+
+
+def negative_chain_jumps(models: networks.Models, ebm_params: Any,
+                         gen: ts.NetState, chain: settings_lib.XChainSettings,
+                         key: Array, n: int) -> langevin.Then:
+  """The `then` of a negative chain of n samples, as `chain` asks.
+
+  `langevin.unchanged` without jumps; with generator jumps, the pool is n
+  samples of `gen` (`generator_pool`).
+  """
+  if not (chain.jump_std > 0 or chain.generator_jumps):
+    return langevin.unchanged
+  pool = (generator_pool(models, gen, key, n) if chain.generator_jumps
+          else None)
+  return jumps(models, ebm_params, chain, pool)
 
 
 def data_start(state: ts.TrainState, gen: ts.NetState, key: Array, *,

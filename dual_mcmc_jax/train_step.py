@@ -447,19 +447,16 @@ class _Builder:
     if not (t.second_x_chain or t.negative_chain_init == 'data' or
             t.x_chain_init == 'noise'):
       return lambda state, sn, x0, key: (x0, sn, {}, {})
-    lx = s.langevin_x
 
     def chain(state, sn, x0, key):
       ebm = state.ebm.replace(state=sn)
-      pool = (remedies.generator_pool(self.models, state.gen, key, x0.shape[0])
-              if lx.generator_jumps else None)
-      then = (remedies.jumps(self.models, ebm.params, lx, pool)
-              if lx.jump_std > 0 or lx.generator_jumps else langevin.unchanged)
+      then = remedies.negative_chain_jumps(self.models, ebm.params, state.gen,
+                                           s.langevin_x, key, x0.shape[0])
       x_neg, sn, info = sampling.revise_x(
           self.models, ebm, x0, key, s.langevin_x, normal=self.normal,
           name=noise.X_CHAIN_NEGATIVE, loop=self.loop, then=then)
       return x_neg, sn, langevin.chain_metrics('negative_chain', info, x0,
-                                       x_neg), {}
+                                                x_neg), {}
 
     if t.long_chains:
       chain = remedies.with_long_chains(chain, self.models, s.langevin_x,

@@ -40,11 +40,7 @@ REPO = error_table.REPO
 
 @pytest.fixture(scope='module')
 def clean_run(tmp_path_factory):
-  """A trained workdir (checkpoints 8, 10, 12) and its final state."""
-  workdir = str(tmp_path_factory.mktemp('clean') / 'run')
-  state = train.train_and_evaluate(error_table.cheap_config(), workdir)
-  assert error_table.saved_steps(workdir) == [8, 10, 12]
-  return workdir, jax.device_get(state)
+  return error_table.train_clean_run(tmp_path_factory)
 
 
 def _sections(stderr: str) -> dict[str, list[str]]:

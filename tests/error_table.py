@@ -48,6 +48,7 @@ import pytest
 from configs import test as test_config
 from dual_mcmc_jax import recovery
 from dual_mcmc_jax import runtime
+from dual_mcmc_jax import train
 import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -78,6 +79,17 @@ def saved_steps(workdir) -> list[int]:
   return sorted(int(os.path.basename(p)) for p in
                 glob.glob(os.path.join(str(workdir), 'checkpoints', '*'))
                 if os.path.basename(p).isdigit())
+
+
+def train_clean_run(tmp_path_factory) -> tuple[str, object]:
+  """An uninterrupted run: (workdir with checkpoints 8, 10, 12; its state).
+
+  The module-scoped `clean_run` fixture of the tests that damage copies.
+  """
+  workdir = str(tmp_path_factory.mktemp('clean') / 'run')
+  state = train.train_and_evaluate(cheap_config(), workdir)
+  assert saved_steps(workdir) == [8, 10, 12]
+  return workdir, jax.device_get(state)
 
 
 def tmp_checkpoint_dirs(workdir) -> list[str]:

@@ -39,11 +39,7 @@ from tests import error_table
 
 @pytest.fixture(scope='module')
 def clean_run(tmp_path_factory):
-  """An uninterrupted run: (workdir with checkpoints 8, 10, 12; state)."""
-  workdir = str(tmp_path_factory.mktemp('clean') / 'run')
-  state = train.train_and_evaluate(error_table.cheap_config(), workdir)
-  assert error_table.saved_steps(workdir) == [8, 10, 12]
-  return workdir, jax.device_get(state)
+  return error_table.train_clean_run(tmp_path_factory)
 
 
 def _copy(src: str, tmp_path) -> str:
