@@ -89,6 +89,9 @@ def get_config() -> ml_collections.ConfigDict:
   # step of the negative chain (remedies.generator_jump): it proposes the
   # generator's other modes. False: none (the reference).
   lx.generator_jumps = False
+  # The share of the negative chains (the first ones) that take generator
+  # jumps; the rest keep the generator's share of each mode (docs/configs.md).
+  lx.generator_jump_fraction = 1.0
 
   # --- z-revision: Langevin on z under the generator posterior ----------
   config.langevin_z = lz = ml_collections.ConfigDict()

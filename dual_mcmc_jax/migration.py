@@ -28,6 +28,7 @@ ADDED_FIELDS: dict[str, Any] = {
     'training.negative_noise_fraction': 0.0,
     'langevin_x.jump_std': 0.0,
     'langevin_x.generator_jumps': False,
+    'langevin_x.generator_jump_fraction': 1.0,
     'loss.energy_l2': 0.0,
 }
 # Old name -> (new name, {old value: new value}).

@@ -19,7 +19,8 @@ composed into the step when it is built, never branched in its body:
   after every Langevin step, so that a chain can change mode;
 * generator jumps (`langevin_x.generator_jumps`): a Metropolis step by the
   difference of two generator samples after every Langevin step, which
-  proposes the generator's other modes;
+  proposes the generator's other modes, in the first
+  `generator_jump_fraction` of the chains;
 * an energy penalty (`loss.energy_l2`): energy_l2 * (mean E(x)^2 +
   mean E(x_neg)^2) joins the EBM loss (Du & Mordatch, 2019).
 
@@ -132,6 +133,15 @@ def generator_pool(models: networks.Models, gen: ts.NetState, key: Array,
   return sampling.generate(models, gen, z)[0]  # The state is not updated.
 
 
+def first_rows(a: Array, b: Array, fraction: float) -> Array:
+  """`a` in the first round(fraction * B) rows (at least one), else `b`."""
+  n = max(1, round(fraction * a.shape[0]))
+  if n >= a.shape[0]:
+    return a
+  rows = (jnp.arange(a.shape[0]) < n).reshape((-1,) + (1,) * (a.ndim - 1))
+  return jnp.where(rows, a, b)
+
+
 def jumps(models: networks.Models, params: Any,
           chain: settings_lib.XChainSettings,
           pool: Array | None = None) -> langevin.Then:
@@ -152,8 +162,9 @@ def jumps(models: networks.Models, params: Any,
       x = metropolis_jump(energies, x, aux, jax.random.fold_in(key, 1),
                           chain.jump_std, temperature)
     if pool is not None:
-      x = generator_jump(energies, x, aux, jax.random.fold_in(key, 2), pool,
-                         temperature)
+      moved = generator_jump(energies, x, aux, jax.random.fold_in(key, 2),
+                             pool, temperature)
+      x = first_rows(moved, x, chain.generator_jump_fraction)
     return x
 
   return then

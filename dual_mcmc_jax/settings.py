@@ -181,11 +181,11 @@ class ChainSettings:
 
 @dataclasses.dataclass(frozen=True)
 class XChainSettings(ChainSettings):
-  """`config.langevin_x`: the x-chain, with the remedies' jump size."""
-  # Metropolis jumps after each step of the EBM's negative chain (remedies.py):
-  # a random walk of this std (0: none, the reference), generator differences.
+  """`config.langevin_x`: the x-chain and its jumps (remedies.py)."""
+  # Random-walk jumps of this std in the negative chain; 0: the reference.
   jump_std: float = field(NON_NEGATIVE, default=0.0)
   generator_jumps: bool = field(default=False)
+  generator_jump_fraction: float = field(FRACTION, default=1.0)
 
 
 @dataclasses.dataclass(frozen=True)
