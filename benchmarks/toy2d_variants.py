@@ -34,12 +34,15 @@ VARIANTS: dict[str, tuple[tuple[tuple[str, str, Any], ...], str]] = {
     'cooperative': ((('training', 'generator_data_teaching', False),),
                     'cooperative: G learns from x1 only, no q(z|x)'),
     'noise_init_ebm': ((('training', 'x_chain_init', 'noise'),
-                        ('langevin_x', 'steps', lambda n: 2 * n)),
+                        ('langevin_x', 'steps', lambda n: 2 * n),
+                        ('langevin_x', 'generator_jumps', False)),
                        'EBM alone, short-run chain from noise'),
     'no_jumps': ((_NO_JUMPS,), 'no Metropolis jumps in the negative chain'),
     'no_replay': ((_NO_REPLAY,), 'no replay buffer: every negative chain '
                   'starts at generator samples'),
     'no_energy_l2': ((('loss', 'energy_l2', 0.0),), 'no energy penalty'),
+    'no_generator_jumps': ((('langevin_x', 'generator_jumps', False),),
+                           'no generator jumps in the negative chain'),
     'all_from_buffer': ((('training', 'replay_fraction', 1.0),
                          ('langevin_x', 'jump_std', 3.0)),
                         'every negative chain continues from the buffer '
@@ -55,7 +58,9 @@ VARIANTS: dict[str, tuple[tuple[tuple[str, str, Any], ...], str]] = {
                 ('training', 'replay_fraction', 0.95)),
                'the config with a replay buffer: 95% of the negative chains '
                'continue from it'),
-    # The paper's iteration (no remedy), then each remedy alone on it.
+    # The paper's iteration (no remedy), then each remedy alone on it: run
+    # from configs/toy2d_buffer.py, whose three remedies these switch off
+    # (from configs/toy2d.py, use no_generator_jumps).
     'paper': ((_NO_JUMPS, _NO_REPLAY, _NO_ENERGY_L2),
               "the paper's iteration: no jumps, no buffer, no penalty"),
     'paper_jumps': ((('langevin_x', 'jump_std', 1.5), _NO_REPLAY,

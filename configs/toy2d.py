@@ -8,24 +8,29 @@ Densities: 8gaussians, 25gaussians, rings, checkerboard, 2spirals, 2moons,
 pinwheel (dual_mcmc_jax/toy2d.py). The EBM has no spectral norm here: a
 1-Lipschitz energy cannot express modes of standard deviation 0.1.
 
-The x-chain follows the paper's Langevin rule (supplementary Eq. 5-6) with
-a small step, so that it samples exp(-E) at temperature 1 and the EBM is a
-density in its own right (benchmarks/toy2d.py scores exp(-E) normalised on
-a grid against the truth). Three remedies, off in the image configs, are on:
+The dual-MCMC iteration of the image configs (both x-chains started at
+generator samples, the z-chain, all three updates, no replay buffer), with
+settings chosen so that both the EBM's exp(-E) and the generator's samples
+are right (docs/results.md, "Both models right"):
 
-* Metropolis jumps in the EBM's negative chain (langevin_x.jump_std): a
-  Langevin chain never crosses the gap between separated modes.
-* A replay buffer of the negative chains' ends (training.replay_buffer_size):
-  a 30-step chain started at generator samples keeps the generator's share
-  of each mode, and the EBM then over-weights the modes the generator
-  misses. Continued from the buffer, a chain runs for about 20 iterations,
-  long enough for the jumps to set the EBM's own weights (docs/results.md
-  measures both).
-* A small energy penalty (loss.energy_l2) that keeps the energies near zero
-  instead of letting the unconstrained offset drift.
+* The x-chains follow the paper's Langevin rule (supplementary Eq. 5-6)
+  with a small step, so that they sample exp(-E) at temperature 1 and the
+  EBM is a density in its own right (benchmarks/toy2d.py scores it).
+* Generator jumps in the EBM's negative chain (langevin_x.generator_jumps):
+  Metropolis moves by the difference of two generator samples, which carry
+  the chains between separated modes. Without them the EBM learns the
+  generator's share of each mode only relative to the data's, and its mode
+  weights wander.
+* The z-chain also follows the paper's rule, which samples the generator's
+  posterior with its prior term: the generator then learns each mode's
+  share from the data.
+* A small x-teaching weight (loss.s_factor): the generator's regression
+  onto the end of a Langevin chain in a sharp, right EBM pulls each mode
+  towards its centre and moves samples between modes towards the heaviest
+  one.
 
-Everything else is the dual-MCMC iteration of the image configs: both
-x-chains, the z-chain, all three updates.
+configs/toy2d_buffer.py is the earlier setting: a replay buffer, random-walk
+jumps and an energy penalty; its EBM is right and its generator is not.
 """
 
 from configs import default
@@ -44,23 +49,15 @@ def get_config():
   config.model.ebm_spectral_norm = False
   config.langevin_x.rule = 'paper'
   config.langevin_x.step_size = 0.002
-  config.langevin_x.jump_std = 1.5
+  config.langevin_x.generator_jumps = True
   # The paper's rule samples exp(-E) itself: no temperature to divide by.
   config.loss.ebm_temperature_scaling = False
-  config.loss.energy_l2 = 0.1
-  # Ten batches of earlier negatives; 95% of the negative chains continue
-  # from it, 5% start afresh at generator samples.
-  config.training.replay_buffer_size = 2560
-  config.training.replay_fraction = 0.95
-  # The MLP generator's Jacobian is larger than the image nets'; a smaller
-  # z-step keeps the posterior chain stable (0.1 diverged within 50 steps).
-  config.langevin_z.step_size = 0.05
-  config.langevin_z.noise = 0.1
-  # The generator's x-teaching weight: at the image configs' 50 the
-  # generator's samples collapsed onto one moon in a 1,500-iteration 2moons
-  # run (energy distance 1.36 against 0.09 at 5, one seed). Its samples are
-  # still the weak part of these runs (docs/results.md).
-  config.loss.s_factor = 5.0
+  # The posterior chain with its prior term; the MLP generator's Jacobian
+  # needs a small step (0.05 with the reference rule, whose noise 0.1
+  # ignores the step).
+  config.langevin_z.rule = 'paper'
+  config.langevin_z.step_size = 0.01
+  config.loss.s_factor = 0.05
   config.optim.lr_e = 1e-3
   config.optim.lr_g = 1e-3
   config.optim.lr_i = 1e-3
@@ -70,8 +67,8 @@ def get_config():
   config.training.image_every_steps = 500
   config.training.checkpoint_every_steps = 1000
   config.training.num_image_samples = 1000
-  # Noise-initialised chains (training.x_chain_init='noise') start uniform
-  # in the box the densities live in.
+  # Noise-initialised chains (training.x_chain_init='noise', or
+  # negative_noise_fraction) start uniform in the box the densities live in.
   config.training.x_noise_low = -4.0
   config.training.x_noise_high = 4.0
   # FID, OOD and inpainting need images; densities, sample distances and

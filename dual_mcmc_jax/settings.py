@@ -71,17 +71,14 @@ class Rule:
   def allows(self, value: Any) -> bool:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
       return False
-    if math.isnan(value) or (self.finite and math.isinf(value)):
+    if (math.isnan(value) or (self.finite and math.isinf(value)) or
+        (self.integer and float(value) != int(value))):
       return False
-    if self.integer and float(value) != int(value):
-      return False
-    if self.low is not None and (value <= self.low if self.low_open
-                                 else value < self.low):
-      return False
-    if self.high is not None and (value >= self.high if self.high_open
-                                  else value > self.high):
-      return False
-    return True
+    too_low = self.low is not None and (
+        value <= self.low if self.low_open else value < self.low)
+    too_high = self.high is not None and (
+        value >= self.high if self.high_open else value > self.high)
+    return not (too_low or too_high)
 
 
 POSITIVE_INT = Rule(integer=True, low=1)
@@ -486,6 +483,9 @@ def _check_relations(s: Settings, check_devices: bool) -> None:
                      "generator_jumps act on the EBM's own negative chain, "
                      'which config.training.second_x_chain=False removes; '
                      "set second_x_chain=True or negative_chain_init='data'")
+  if t.x_chain_init == 'noise' and lx.generator_jumps:
+    raise ValueError('config.langevin_x.generator_jumps needs a generator, '
+                     "which config.training.x_chain_init='noise' never trains")
   if t.long_chains > t.batch_size:
     raise ValueError(f'config.training.long_chains={t.long_chains} must be '
                      f'<= config.training.batch_size={t.batch_size}')

@@ -85,6 +85,10 @@ def test_quickstart_notebook_runs_in_quick_mode(tmp_path, monkeypatch):
   # ~0.96 (a near-flat density), so the bound fails without learning.
   assert summary['toy2d_tv_untrained'] > _TV_BOUND > summary['toy2d_tv'], (
       summary['toy2d_tv_untrained'], summary['toy2d_tv'])
+  # The generator, the other model, is closer to the truth than untrained.
+  assert summary['toy2d_ed_generator'] < summary[
+      'toy2d_ed_generator_untrained'], (summary['toy2d_ed_generator'],
+                                        summary['toy2d_ed_generator_untrained'])
   # The chain samples exp(-E) at T = 1, so its mean energy need not fall:
   # from generator samples at the modes' centres its noise raises it (quick
   # mode with the replay buffer: 0.65 -> 0.69). Only finiteness is a law.

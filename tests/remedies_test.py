@@ -7,6 +7,8 @@ chains started in one mode must end with a fifth of them in the other. The
 step switches are checked against the parts of the step they change.
 """
 
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -91,6 +93,33 @@ def test_generator_jumps_find_the_true_mode_weights_from_a_wrong_pool():
   assert float(np.mean(x[:, 0] > 0)) == pytest.approx(0.2, abs=0.03)
   first = x[x[:, 0] < 0]
   np.testing.assert_allclose(first.std(0), [_STD, _STD], rtol=0.08)
+
+
+def test_generator_jump_fraction_jumps_only_the_first_chains():
+  # Half the chains take the jumps and reach the weights; the other half
+  # never leave the first mode, as without jumps.
+  settings = settings_lib.XChainSettings(
+      steps=100, step_size=0.01, rule='paper', generator_jumps=True,
+      generator_jump_fraction=0.5)
+  models = types.SimpleNamespace(ebm=types.SimpleNamespace(
+      apply=lambda variables, x, update_stats: _mixture_energies(x, None)))
+  rng = np.random.default_rng(0)
+  pool = jnp.asarray(_CENTRES[rng.integers(0, 2, 256)], jnp.float32)
+  then = remedies.jumps(models, None, settings, pool)
+  x0 = jnp.tile(jnp.asarray(_CENTRES[:1], jnp.float32), (4000, 1))
+  x = np.asarray(jax.jit(lambda k: langevin.langevin(
+      _mixture_energy, x0, k, settings, aux={}, then=then)[0])(
+          jax.random.key(1)))
+  assert float(np.mean(x[:2000, 0] > 0)) == pytest.approx(0.2, abs=0.04)
+  assert float(np.max(x[2000:, 0])) < 0
+
+
+def test_first_rows_rounds_and_keeps_at_least_one():
+  a, b = jnp.ones((10, 2)), jnp.zeros((10, 2))
+  assert [float(r) for r in remedies.first_rows(a, b, 0.26)[:, 0]] == (
+      [1.0] * 3 + [0.0] * 7)
+  assert float(remedies.first_rows(a, b, 0.01).sum()) == 2.0
+  assert remedies.first_rows(a, b, 1.0) is a
 
 
 def test_generator_jump_acceptance_by_hand():
@@ -191,6 +220,8 @@ def test_replay_buffer_is_state_and_takes_the_chain_ends():
     {'x_chain_init': 'noise', 'replay_buffer_size': 32},
     {'negative_noise_fraction': 0.25},
     {'negative_noise_fraction': 0.25, 'langevin_x.generator_jumps': True},
+    {'langevin_x.generator_jumps': True,
+     'langevin_x.generator_jump_fraction': 0.5},
 ])
 def test_remedy_switches_train(training):
   config = _toy(**{k: v for k, v in training.items() if '.' not in k})
@@ -220,6 +251,25 @@ def test_remedies_need_the_negative_chain():
     bad[group][field] = value
     with pytest.raises(ValueError, match='second_x_chain=False removes'):
       settings_lib.from_config(bad)
+
+
+def test_generator_jumps_need_a_generator():
+  config = _toy(x_chain_init='noise')
+  config.langevin_x.generator_jumps = True
+  with pytest.raises(ValueError, match=(
+      r"generator_jumps needs a generator, which .*x_chain_init='noise' "
+      'never trains')):
+    settings_lib.from_config(config)
+
+
+def test_generator_jump_fraction_is_a_share_of_the_chains():
+  for value in (0.0, 1.5):
+    config = _toy()
+    config.langevin_x.generator_jump_fraction = value
+    with pytest.raises(ValueError, match=(
+        f'generator_jump_fraction={value} must be a finite number > 0 and '
+        '<= 1')):
+      settings_lib.from_config(config)
 
 
 @pytest.mark.parametrize('field,value,match', [

@@ -24,6 +24,7 @@ from benchmarks import toy2d_lengths
 from benchmarks import toy2d_score
 from benchmarks import toy2d_variants as variants_lib
 from configs import toy2d as toy2d_config
+from configs import toy2d_buffer as toy2d_buffer_config
 from dual_mcmc_jax import networks
 from dual_mcmc_jax import toy2d
 from dual_mcmc_jax.evaluators import density2d
@@ -49,6 +50,7 @@ class ExactEightGaussiansEnergy(nn.Module):
 def test_scorer_gives_zero_divergence_for_the_true_energy():
   config = toy2d_config.get_config()
   config.training.x_chain_init = 'noise'  # No generator needed.
+  config.langevin_x.generator_jumps = False
   config.langevin_x.steps = 5
   # The paper's rule samples T = 1.
   assert toy2d_score.chain_temperature(config) == pytest.approx(1.0)
@@ -106,6 +108,7 @@ def test_variant_configs_and_their_gradient_budgets():
       'no_jumps': {'ebm': 2 * x, 'generator': z},
       'no_replay': {'ebm': 2 * x, 'generator': z},
       'no_energy_l2': {'ebm': 2 * x, 'generator': z},
+      'no_generator_jumps': {'ebm': 2 * x, 'generator': z},
       'all_from_buffer': {'ebm': 2 * x, 'generator': z},
       # 32 of 256 negatives run 300 more steps: 37.5 batch-steps.
       'long_chains': {'ebm': 2 * x + 38, 'generator': z},
@@ -117,26 +120,35 @@ def test_variant_configs_and_their_gradient_budgets():
       'paper_replay': {'ebm': 2 * x, 'generator': z},
       'paper_energy_l2': {'ebm': 2 * x, 'generator': z},
   }
-  # The paper's iteration has no remedy; each 'paper_' row adds one alone.
+  # The shipped config: generator jumps, no buffer; its rows without them.
+  assert base.langevin_x.generator_jumps and not (
+      base.training.replay_buffer_size or base.langevin_x.jump_std or
+      base.loss.energy_l2)
+  for variant in ('no_generator_jumps', 'noise_init_ebm'):
+    assert not variants_lib.variant_config(
+        base, variant).langevin_x.generator_jumps, variant
+  assert base.langevin_x.steps == x  # The base config is left alone.
+  # The paper's iteration has no remedy of configs/toy2d_buffer.py; each
+  # 'paper_' row adds one alone.
+  buffer_base = toy2d_buffer_config.get_config()
   remedies_on = lambda c: (c.langevin_x.jump_std > 0,
                            c.training.replay_buffer_size > 0,
                            c.loss.energy_l2 > 0)
+  assert remedies_on(buffer_base) == (True, True, True)
   for variant, on in (('paper', (False, False, False)),
                       ('paper_jumps', (True, False, False)),
                       ('paper_replay', (False, True, False)),
                       ('paper_energy_l2', (False, False, True))):
-    assert remedies_on(variants_lib.variant_config(base, variant)) == on
-  assert base.langevin_x.steps == x  # The base config is left alone.
-  assert variants_lib.variant_config(base, 'no_jumps').langevin_x.jump_std == 0
-  # The shipped config has the buffer; the remedy rows that replace it
-  # (and the old chain) run without one.
-  assert base.training.replay_buffer_size > 0
+    assert remedies_on(variants_lib.variant_config(buffer_base, variant)) == on
+  assert variants_lib.variant_config(
+      buffer_base, 'no_jumps').langevin_x.jump_std == 0
+  # The remedy rows that replace the buffer (and the old chain) run without.
   for variant in ('no_replay', 'long_chains', 'data_negatives',
                   'reference_chain'):
     assert variants_lib.variant_config(
-        base, variant).training.replay_buffer_size == 0, variant
+        buffer_base, variant).training.replay_buffer_size == 0, variant
   assert variants_lib.variant_config(
-      base, 'all_from_buffer').training.replay_fraction == 1.0
+      buffer_base, 'all_from_buffer').training.replay_fraction == 1.0
   with pytest.raises(ValueError, match='allowed: full'):
     variants_lib.variant_config(base, 'no_ebm')
 
