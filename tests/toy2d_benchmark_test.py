@@ -21,6 +21,7 @@ import pytest
 from benchmarks import heldout2d
 from benchmarks import toy2d as bench
 from benchmarks import toy2d_lengths
+from benchmarks import toy2d_report
 from benchmarks import toy2d_score
 from benchmarks import toy2d_variants as variants_lib
 from configs import toy2d as toy2d_config
@@ -281,3 +282,28 @@ def test_the_benchmark_command_refuses_the_clash_in_one_line():
   assert 'Traceback' not in result.stderr
   assert ('--variants=paper_energy_l2 sets loss.energy_l2=0.1, which undoes '
           '--config.loss.energy_l2=0.01') in result.stderr
+
+
+def test_targets_table_needs_every_seed_within_every_target():
+  def row(density, seed, tv, ed, mode_tv=None):
+    r = {'density': density, 'variant': 'full', 'seed': seed, 'tv': tv,
+         'ed_generator': ed}
+    if mode_tv is not None:
+      r['mode_tv_generator'] = mode_tv
+    return r
+
+  table = toy2d_report.targets_table([
+      row('rings', 0, 0.10, 0.02), row('rings', 1, 0.20, 0.04),
+      # One seed's generator misses: not met, and the worst seed shows it.
+      row('2moons', 0, 0.10, 0.02), row('2moons', 1, 0.10, 0.07),
+      # A mixture is also held to its generator's mode shares.
+      row('unequal3', 0, 0.10, 0.02, 0.06),
+      row('8gaussians', 0, 0.10, 0.02, 0.01),
+      row('banana', 0, float('nan'), 0.02)])
+  lines = {line.split(' | ')[0][2:]: line for line in table.splitlines()
+           if line.startswith('| ') and 'density' not in line}
+  assert lines['rings'].endswith('| 0.150 [0.200] | 0.030 [0.040] | - | yes |')
+  assert lines['2moons'].endswith('| 0.045 [0.070] | - | no |')
+  assert lines['unequal3'].endswith('| 0.060 [0.060] | no |')
+  assert lines['8gaussians'].endswith('| 0.010 [0.010] | yes |')
+  assert '| diverged |' in lines['banana'] and lines['banana'].endswith('no |')
