@@ -232,8 +232,10 @@ def _toy_config(**training):
   config.training.batch_size = 16
   config.training.x_noise_low = -4.0
   config.training.x_noise_high = 4.0
-  # The switches under test, without the toy config's replay buffer
-  # (tests/remedies_test.py covers it).
+  # The switches under test, without the 2-D configs' remedies (generator
+  # jumps, noise starts, a replay buffer: tests/remedies_test.py covers them).
+  config.langevin_x.generator_jumps = False
+  config.training.negative_noise_fraction = 0.0
   config.training.replay_buffer_size = 0
   for k, v in training.items():
     config.training[k] = v
