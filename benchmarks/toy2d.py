@@ -462,9 +462,11 @@ def check_command(densities: list[str], variants: list[str], config_flag,
     if name not in allowed:
       raise app.UsageError(f'--densities names {name!r}; allowed: '
                            f'{", ".join(allowed)}')
+  # Without --config there is no --config.<field> either (and nothing parsed).
+  overrides = (config_flags.get_override_values(config_flag)
+               if config_flag.present else {})
   try:
-    variants_lib.check_variants(
-        variants, config_flags.get_override_values(config_flag))
+    variants_lib.check_variants(variants, overrides)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
 

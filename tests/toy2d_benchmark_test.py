@@ -12,9 +12,12 @@ import os
 import subprocess
 import sys
 
+from absl import app
+from absl import flags
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from ml_collections import config_flags
 import numpy as np
 import pytest
 
@@ -307,3 +310,17 @@ def test_targets_table_needs_every_seed_within_every_target():
   assert lines['unequal3'].endswith('| 0.060 [0.060] | no |')
   assert lines['8gaussians'].endswith('| 0.010 [0.010] | yes |')
   assert '| diverged |' in lines['banana'] and lines['banana'].endswith('no |')
+
+
+def test_a_command_without_config_is_checked_against_the_default():
+  # The README's `python benchmarks/toy2d.py --out_dir=...` names no
+  # --config, so there is no override to check (and none was parsed).
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, 'c',
+                                  flag_values=flag_values)
+  flag_values(['toy2d.py'])
+  bench.check_command(['rings'], ['full', 'replay'], flag_values['config'],
+                      ('rings',))
+  with pytest.raises(app.UsageError, match="--densities names 'moons'"):
+    bench.check_command(['moons'], ['full'], flag_values['config'],
+                        ('rings',))
