@@ -44,6 +44,10 @@ Scores (all against the true density or fresh true samples):
   of `--num_samples` generator samples G(z) and of their x-revision under
   the EBM (the EBM's negative chain, as configured) against as many fresh
   true samples; `ed_floor` is that of a second true sample set (~0).
+* `hist_tv_generator`, `hist_tv_revised`: the TV between the same samples'
+  histograms on a 24 x 24 grid (`density2d.histogram_tv`), which sees thin
+  structure the energy distance averages away; `hist_tv_floor` is that of
+  the second true sample set (not 0: 2,000 samples per set).
 * `modes_generator`, `modes_revised`: 8gaussians modes holding a sample
   (within 3 std of the centre; `density2d.mode_coverage`).
 * `mode_shares_generator`, `mode_tv_generator` (and `_revised`): for

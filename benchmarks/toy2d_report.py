@@ -230,7 +230,7 @@ def figures(out_dir: str, results: dict[str, dict[str, dict[str, Any]]],
 
 
 _SCORES = ('kl', 'tv', 'mode_mass_tv', 'ed_generator', 'ed_revised',
-           'mode_tv_generator', 'off_support_mass')
+           'mode_tv_generator', 'off_support_mass', 'hist_tv_generator')
 
 # "Both models right": the EBM's TV at the chain's temperature, the
 # generator's energy distance and, on mixtures, its mode-share TV, each at

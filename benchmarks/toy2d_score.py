@@ -228,14 +228,16 @@ def score(config: ml_collections.ConfigDict, models: networks.Models,
                                         *true.modes))
   samples = draw_samples(config, models, state, num_samples, seed)
   reference = true.sample(num_samples, np.random.default_rng(seed + 1))
-  result['ed_floor'] = density2d.energy_distance(
-      true.sample(num_samples, np.random.default_rng(seed + 2)), reference)
+  second = true.sample(num_samples, np.random.default_rng(seed + 2))
+  result['ed_floor'] = density2d.energy_distance(second, reference)
+  result['hist_tv_floor'] = density2d.histogram_tv(second, reference)
   for kind in ('generator', 'revised'):
     x = samples[kind]
     if x is None or not np.all(np.isfinite(x)):
-      result[f'ed_{kind}'] = None
+      result[f'ed_{kind}'] = result[f'hist_tv_{kind}'] = None
       continue
     result[f'ed_{kind}'] = density2d.energy_distance(x, reference)
+    result[f'hist_tv_{kind}'] = density2d.histogram_tv(x, reference)
     if true.modes is not None:  # The samples' share of each mode.
       shares = density2d.sample_mode_shares(x, *true.modes)
       result[f'mode_shares_{kind}'] = shares['shares']

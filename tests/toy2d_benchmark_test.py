@@ -324,3 +324,20 @@ def test_a_command_without_config_is_checked_against_the_default():
   with pytest.raises(app.UsageError, match="--densities names 'moons'"):
     bench.check_command(['moons'], ['full'], flag_values['config'],
                         ('rings',))
+
+
+def test_histogram_tv_sees_rings_that_fill_a_disc():
+  rng = np.random.default_rng(0)
+  rings = toy2d.sample('rings', 4000, rng)
+  # The same radii, spread uniformly in angle and filling the gaps between
+  # the rings: a disc of the rings' extent.
+  radius = np.sqrt(rng.uniform(0, 1, 4000)) * np.max(
+      np.linalg.norm(rings, axis=1))
+  angle = rng.uniform(0, 2 * np.pi, 4000)
+  disc = np.stack([radius * np.cos(angle), radius * np.sin(angle)], 1)
+  floor = density2d.histogram_tv(toy2d.sample('rings', 4000, rng), rings)
+  assert floor < 0.15
+  assert density2d.histogram_tv(disc, rings) > floor + 0.15
+  assert density2d.histogram_tv(rings, rings) == 0.0
+  # Mass off the grid counts.
+  assert density2d.histogram_tv(rings + 20.0, rings) == pytest.approx(1.0)
