@@ -198,8 +198,7 @@ def score(config: ml_collections.ConfigDict, models: networks.Models,
   Args:
     config: the run's configuration.
     models, state: the trained models.
-    num: grid cells per axis.
-    num_samples: samples per energy distance.
+    num, num_samples: grid cells per axis; samples per sample score.
     seed: evaluation seed (true samples use seed + 1 and seed + 2).
     true: `truth(...)` of the density (default: the config's toy2d_name).
 
