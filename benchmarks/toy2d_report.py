@@ -247,6 +247,15 @@ def _mean_spread(values: list[Any]) -> tuple[float, float | None] | None:
   return float(np.mean(finite)), spread
 
 
+def _by_run(rows: list[dict[str, Any]]
+            ) -> dict[tuple[str, str], list[dict[str, Any]]]:
+  """The rows grouped by (density, variant), seeds in their order."""
+  groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+  for r in rows:
+    groups.setdefault((r['density'], r['variant']), []).append(r)
+  return groups
+
+
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   """One summary per (density, variant): mean and spread over its seeds.
 
@@ -258,11 +267,8 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     diverged), 'reference', the gradient budget, 'train_seconds' (mean) and,
     per score of `_SCORES`, (mean, std) or None.
   """
-  groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-  for r in rows:
-    groups.setdefault((r['density'], r['variant']), []).append(r)
   out = []
-  for (density, variant), runs in groups.items():
+  for (density, variant), runs in _by_run(rows).items():
     first = runs[0]
     summary = {'density': density, 'variant': variant,
                'seeds': [r['seed'] for r in runs],
@@ -335,12 +341,9 @@ def targets_table(rows: list[dict[str, Any]]) -> str:
   A (density, variant) meets the targets when every seed's EBM TV, generator
   energy distance and (mixtures) generator mode-share TV are within them.
   """
-  groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-  for r in rows:
-    groups.setdefault((r['density'], r['variant']), []).append(r)
   lines = ['| density | variant | seeds | EBM TV | G energy distance | '
            'G mode-share TV | both right |', '|' + ' --- |' * 7]
-  for (density, variant), runs in groups.items():
+  for (density, variant), runs in _by_run(rows).items():
     cells, met = [], True
     for key, bound in TARGETS.items():
       values = [r.get(key) for r in runs]
