@@ -128,6 +128,9 @@ def get_config() -> ml_collections.ConfigDict:
   optim.wd_g = 5e-4
   optim.wd_i = 5e-4
   optim.lr_decay = 0.998  # Multiplied into every learning rate once per epoch.
+  # 'exponential': the per-epoch decay above (the reference); 'cosine': each
+  # rate falls along a half cosine to 0 over the run (lr_decay unused).
+  optim.lr_schedule = 'exponential'
 
   # --- Training loop ----------------------------------------------------------
   config.training = training = ml_collections.ConfigDict()

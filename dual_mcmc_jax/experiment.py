@@ -83,8 +83,9 @@ def build(config: ml_collections.ConfigDict | settings_lib.Settings, *,
 
   Args:
     config: an experiment config, or its `Settings` (checked once more).
-    steps_per_epoch: sets the per-epoch learning-rate decay; it changes no
-      shape, so evaluation and benchmarks may leave it at 1.
+    steps_per_epoch: sets the per-epoch learning-rate decay and, with
+      `num_train_steps`, the run's length that a cosine schedule spans; it
+      changes no shape, so evaluation and benchmarks may leave it at 1.
     mesh: the data mesh; default every device (`sharding.data_mesh()`).
 
   Returns:
@@ -96,7 +97,9 @@ def build(config: ml_collections.ConfigDict | settings_lib.Settings, *,
   settings = settings_lib.from_config(config)
   mesh = sharding.data_mesh() if mesh is None else mesh
   models = ts.create_models(settings)
-  optimizers = ts.create_optimizers(settings.optim, steps_per_epoch)
+  optimizers = ts.create_optimizers(
+      settings.optim, steps_per_epoch,
+      settings_lib.num_train_steps(settings, steps_per_epoch))
   replicated = sharding.replicated(mesh)
   train_step = jax.jit(
       train_step_lib.make_train_step(settings, models, optimizers),

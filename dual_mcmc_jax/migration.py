@@ -30,6 +30,7 @@ ADDED_FIELDS: dict[str, Any] = {
     'langevin_x.generator_jumps': False,
     'langevin_x.generator_jump_fraction': 1.0,
     'loss.energy_l2': 0.0,
+    'optim.lr_schedule': 'exponential',
 }
 # Old name -> (new name, {old value: new value}).
 RENAMED_FIELDS: dict[str, tuple[str, dict[Any, Any]]] = {

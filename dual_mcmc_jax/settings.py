@@ -120,6 +120,7 @@ COMPUTE_DTYPES = ('float32', 'bfloat16')
 CPU_PLUGIN = ('auto', 'on', 'off')
 X_CHAIN_INITS = ('generator', 'noise')
 NEGATIVE_CHAIN_INITS = ('generator', 'data')
+LR_SCHEDULES = ('exponential', 'cosine')  # train_state.create_learning_rate_fn
 RUN = dict(run_defining=True)
 
 
@@ -211,6 +212,7 @@ class OptimSettings:
   wd_g: float = field(NON_NEGATIVE)
   wd_i: float = field(NON_NEGATIVE)
   lr_decay: float = field(FRACTION)
+  lr_schedule: str = field(choices=LR_SCHEDULES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -397,9 +399,8 @@ def _group(name: str, cls: type[Any], raw: Mapping[str, Any]) -> Any:
 
 
 def _as_dict(config: Any) -> dict[str, Any]:
-  if hasattr(config, 'to_dict'):  # ml_collections.ConfigDict
-    return config.to_dict()
-  return copy.deepcopy(dict(config))
+  return (config.to_dict() if hasattr(config, 'to_dict')  # a ConfigDict
+          else copy.deepcopy(dict(config)))
 
 
 def from_config(config: Any, check_devices: bool = True) -> Settings:
@@ -495,6 +496,4 @@ def _check_relations(s: Settings, check_devices: bool) -> None:
 def num_train_steps(settings: Settings, steps_per_epoch: int) -> int:
   """The run's length: num_train_steps if > 0, else num_epochs epochs."""
   t = settings.training
-  if t.num_train_steps > 0:
-    return t.num_train_steps
-  return t.num_epochs * steps_per_epoch
+  return t.num_train_steps or t.num_epochs * steps_per_epoch

@@ -209,7 +209,8 @@ def _restore(loop: _Loop) -> ts.TrainState:
   """The newest restorable checkpoint, or the initial state."""
   # Remedies change learning rates, not the optimiser state's structure.
   s = loop.settings
-  optimizers = ts.create_optimizers(s.optim, loop.steps_per_epoch)
+  optimizers = ts.create_optimizers(s.optim, loop.steps_per_epoch,
+                                    loop.total_steps)
   return checkpointing.restore_or_create_state(
       loop.manager, ts.create_models(s), optimizers, s.training.seed,
       ts.replay_spec(s.training))

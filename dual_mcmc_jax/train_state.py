@@ -139,8 +139,19 @@ class Optimizers:
 
 
 def create_learning_rate_fn(base_lr: float, decay: float,
-                            steps_per_epoch: int) -> optax.Schedule:
-  """lr(step) = base_lr * decay ** floor(step / steps_per_epoch)."""
+                            steps_per_epoch: int, schedule: str = 'exponential',
+                            total_steps: int = 1) -> optax.Schedule:
+  """A net's learning rate by step, as `config.optim.lr_schedule` names.
+
+  'exponential' (the reference): base_lr * decay ** floor(step /
+  steps_per_epoch). 'cosine': base_lr * (1 + cos(pi * step / total_steps)) /
+  2, from base_lr to 0 over the run (SGDR's annealing, Loshchilov & Hutter,
+  2017, without restarts), `decay` unused: the rate stays near base_lr while
+  the models learn and is small when the run ends, so that the batch's noise
+  no longer moves them.
+  """
+  if schedule == 'cosine':
+    return optax.cosine_decay_schedule(base_lr, max(total_steps, 1))
   return optax.exponential_decay(base_lr, transition_steps=max(steps_per_epoch, 1),
                                  decay_rate=decay, staircase=True)
 
@@ -156,10 +167,16 @@ def create_optimizer(schedule: optax.Schedule, weight_decay: float, beta1: float
   return optax.chain(*parts)
 
 
-def create_optimizers(o: settings_lib.OptimSettings,
-                      steps_per_epoch: int) -> Optimizers:
-  """Builds the three optimisers from `settings.optim`."""
-  lrs = {name: create_learning_rate_fn(lr, o.lr_decay, steps_per_epoch)
+def create_optimizers(o: settings_lib.OptimSettings, steps_per_epoch: int,
+                      total_steps: int = 1) -> Optimizers:
+  """Builds the three optimisers from `settings.optim`.
+
+  The schedules need `steps_per_epoch` ('exponential') or the run's
+  `total_steps` ('cosine'); neither changes the optimiser state's shape, so
+  code that only restores or imports a state may leave them at 1.
+  """
+  lrs = {name: create_learning_rate_fn(lr, o.lr_decay, steps_per_epoch,
+                                       o.lr_schedule, total_steps)
          for name, lr in (('e', o.lr_e), ('g', o.lr_g), ('i', o.lr_i))}
   make = lambda name, wd: create_optimizer(lrs[name], wd, o.beta1, o.beta2,
                                            o.eps)

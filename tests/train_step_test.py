@@ -446,6 +446,25 @@ def test_learning_rate_decays_once_per_epoch(epoch):
     np.testing.assert_allclose(fn(epoch * spe + offset), expected, rtol=1e-5)
 
 
+def test_cosine_schedule_spans_the_run_and_ignores_the_epoch_decay():
+  config = test_config.get_config()
+  config.optim.lr_schedule = 'cosine'
+  config.optim.lr_decay = 0.5
+  config.training.num_train_steps = 200
+  run = settings_lib.num_train_steps(settings_lib.from_config(config), 7)
+  opt = ts.create_optimizers(settings_lib.from_config(config).optim, 7, run)
+  base = config.optim.lr_g
+  for step, factor in ((0, 1.0), (7, (1 + np.cos(np.pi * 7 / 200)) / 2),
+                       (100, 0.5), (150, (1 + np.cos(0.75 * np.pi)) / 2),
+                       (200, 0.0), (300, 0.0)):
+    np.testing.assert_allclose(opt.lr_gen(step), base * factor, rtol=1e-5,
+                               atol=1e-12)
+  # The reference's schedule is unchanged by the new field's default.
+  config.optim.lr_schedule = 'exponential'
+  opt = ts.create_optimizers(settings_lib.from_config(config).optim, 7, run)
+  np.testing.assert_allclose(opt.lr_gen(7), base * 0.5, rtol=1e-6)
+
+
 def test_a_batch_of_the_wrong_shape_is_refused_when_the_step_is_traced(
     setup):
   config, models, optimizers, state, batch, _ = setup
