@@ -33,6 +33,9 @@ are right (docs/results.md, "Both models right"):
   onto the end of a Langevin chain in a sharp, right EBM pulls each mode
   towards its centre and moves samples between modes towards the heaviest
   one.
+* Learning rates that fall along a half cosine to 0 (optim.lr_schedule):
+  under a constant rate each batch's noise keeps moving the EBM's mode
+  weights and the generator's shares, and the run ends wherever they are.
 
 configs/toy2d_buffer.py is the earlier setting: a replay buffer, random-walk
 jumps and an energy penalty; its EBM is right and its generator is not.
@@ -62,10 +65,11 @@ def get_config():
   # ignores the step).
   config.langevin_z.rule = 'paper'
   config.langevin_z.step_size = 0.01
-  config.loss.s_factor = 0.05
+  config.loss.s_factor = 0.02
   config.optim.lr_e = 1e-3
   config.optim.lr_g = 1e-3
   config.optim.lr_i = 1e-3
+  config.optim.lr_schedule = 'cosine'
   config.training.batch_size = 256
   config.training.num_train_steps = 3000
   config.training.log_every_steps = 100

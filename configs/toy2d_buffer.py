@@ -29,6 +29,8 @@ def get_config():
   # The x-teaching weight: at the image configs' 50 the generator's samples
   # collapsed onto one moon in a 1,500-iteration 2moons run.
   config.loss.s_factor = 5.0
+  # The reference's schedule: the rate multiplied by 0.998 once per epoch.
+  config.optim.lr_schedule = 'exponential'
   # Its remedies: random-walk Metropolis jumps, an energy penalty, and ten
   # batches of earlier negatives from which 95% of the negative chains
   # continue (5% start afresh at generator samples).
