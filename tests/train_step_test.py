@@ -237,6 +237,9 @@ def _toy_config(**training):
   config.langevin_x.generator_jumps = False
   config.training.negative_noise_fraction = 0.0
   config.training.replay_buffer_size = 0
+  # Adam's first update is lr * sign(gradient): the x-teaching term must be
+  # large enough to flip some signs for the EBM to show in the generator.
+  config.loss.s_factor = 1.0
   for k, v in training.items():
     config.training[k] = v
   return config
