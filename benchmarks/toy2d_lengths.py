@@ -112,6 +112,7 @@ def write(out_dir: str, rows: list[dict[str, Any]], seconds: float) -> None:
 def figure(path: str, rows: list[dict[str, Any]]) -> None:
   """EBM TV and generator ED against chain length; one row per density."""
   plt = report._plt()  # pylint: disable=protected-access
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
   densities = list(dict.fromkeys(r['density'] for r in rows))
   fig, axes = plt.subplots(len(densities), 2, figsize=(7.5, 2.8 *
                                                        len(densities)),
@@ -136,9 +137,13 @@ def figure(path: str, rows: list[dict[str, Any]]) -> None:
         ax.scatter([r['x_steps'] for r in runs], [r[key] for r in runs],
                    s=6, color=colour, alpha=0.5)
       ax.set_xscale('log')
-      if key == 'ed_generator':
-        ax.set_yscale('log')
       ax.minorticks_off()
+      if key == 'ed_generator':
+        # Labels at 1, 2 and 5 of each decade: the distances often span
+        # less than one decade, which would leave the axis unlabelled.
+        ax.set_yscale('log')
+        ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(ticker.FormatStrFormatter('%g'))
       ax.set_xticks(sorted({r['x_steps'] for r in mine}))
       ax.set_xticklabels([str(n) for n in sorted({r['x_steps']
                                                    for r in mine})])
