@@ -2,7 +2,7 @@
 
   python benchmarks/toy2d.py --out_dir=runs/toy2d_benchmark \
       [--densities=8gaussians,banana] [--variants=full,no_jumps] \
-      [--seeds=0,1,2] [--steps=3000] [--config=configs/toy2d.py ...]
+      [--seeds=0,1,2] [--steps=4500] [--config=configs/toy2d.py ...]
   python benchmarks/toy2d.py --config=configs/toy2d.py --workdir=runs/toy2d
   python benchmarks/toy2d.py --merge_from=runs/a,runs/b --out_dir=runs/ab
 

@@ -31,6 +31,7 @@ def get_config():
   config.loss.s_factor = 5.0
   # The reference's schedule: the rate multiplied by 0.998 once per epoch.
   config.optim.lr_schedule = 'exponential'
+  config.training.num_train_steps = 3000
   # Its remedies: random-walk Metropolis jumps, an energy penalty, and ten
   # batches of earlier negatives from which 95% of the negative chains
   # continue (5% start afresh at generator samples).
