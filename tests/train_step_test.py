@@ -17,6 +17,7 @@ import pytest
 
 from configs import test as test_config
 from configs import toy2d as toy2d_config
+from dual_mcmc_jax import experiment
 from dual_mcmc_jax import remedies
 from dual_mcmc_jax import sampling
 from dual_mcmc_jax import settings as settings_lib
@@ -462,6 +463,10 @@ def test_cosine_schedule_spans_the_run_and_ignores_the_epoch_decay():
                        (200, 0.0), (300, 0.0)):
     np.testing.assert_allclose(opt.lr_gen(step), base * factor, rtol=1e-5,
                                atol=1e-12)
+  # experiment.build (main.py's and the benchmarks' path) spans the run.
+  built = experiment.build(config, steps_per_epoch=7)
+  np.testing.assert_allclose(built.optimizers.lr_gen(100), base / 2, rtol=1e-5)
+  np.testing.assert_allclose(built.optimizers.lr_ebm(200), 0.0, atol=1e-12)
   # The reference's schedule is unchanged by the new field's default.
   config.optim.lr_schedule = 'exponential'
   opt = ts.create_optimizers(settings_lib.from_config(config).optim, 7, run)
