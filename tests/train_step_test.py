@@ -455,8 +455,9 @@ def test_cosine_schedule_spans_the_run_and_ignores_the_epoch_decay():
   config.optim.lr_schedule = 'cosine'
   config.optim.lr_decay = 0.5
   config.training.num_train_steps = 200
-  run = settings_lib.num_train_steps(settings_lib.from_config(config), 7)
-  opt = ts.create_optimizers(settings_lib.from_config(config).optim, 7, run)
+  settings = settings_lib.from_config(config)
+  run = settings_lib.num_train_steps(settings, 7)
+  opt = ts.create_optimizers(settings.optim, 7, run)
   base = config.optim.lr_g
   for step, factor in ((0, 1.0), (7, (1 + np.cos(np.pi * 7 / 200)) / 2),
                        (100, 0.5), (150, (1 + np.cos(0.75 * np.pi)) / 2),
