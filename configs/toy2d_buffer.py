@@ -26,6 +26,7 @@ def get_config():
   # z-step keeps the posterior chain stable (0.1 diverged within 50 steps).
   config.langevin_z.step_size = 0.05
   config.langevin_z.noise = 0.1
+  config.loss.sigma = 0.3
   # The x-teaching weight: at the image configs' 50 the generator's samples
   # collapsed onto one moon in a 1,500-iteration 2moons run.
   config.loss.s_factor = 5.0
