@@ -100,7 +100,8 @@ def summary_figure(path: str, results: dict[str, dict[str, dict[str, Any]]],
     num: grid cells per axis.
   """
   plt = _plt()
-  variants = list(next(iter(results.values())))
+  # Every variant any density has: a partial sweep leaves blank panels.
+  variants = list(dict.fromkeys(v for runs in results.values() for v in runs))
   others = [v for v in variants if v != 'full']
   has_full = 'full' in variants
   cols = 1 + (3 if has_full else 0) + len(others)
@@ -112,18 +113,21 @@ def summary_figure(path: str, results: dict[str, dict[str, dict[str, Any]]],
     est = ' (est.)' if first['numbers']['reference'] == 'estimated' else ''
     _density_panel(row[0], first['arrays']['true_log_p'], num,
                    f'{name}{est}')
-    col = 1
-    if has_full:
+    if 'full' in runs:
       a, r = runs['full']['arrays'], runs['full']['numbers']
       _density_panel(row[1], a['model_log_p'], num, f'full: TV {r["tv"]:.2f}')
       _scatter_panel(row[2], a['generator'], 'full: G(z)')
       _scatter_panel(row[3], a['revised'], 'full: revised')
-      col = 4
-    for variant in others:
+    elif has_full:
+      for ax in row[1:4]:
+        ax.axis('off')
+    for ax, variant in zip(row[4 if has_full else 1:], others):
+      if variant not in runs:
+        ax.axis('off')
+        continue
       r = runs[variant]['numbers']
-      _density_panel(row[col], runs[variant]['arrays']['model_log_p'], num,
+      _density_panel(ax, runs[variant]['arrays']['model_log_p'], num,
                      f'{variant} TV {r["tv"]:.2f}', fontsize=5.5)
-      col += 1
   fig.tight_layout(pad=0.3)
   fig.savefig(path, dpi=72)
   plt.close(fig)

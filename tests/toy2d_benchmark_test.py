@@ -341,3 +341,23 @@ def test_histogram_tv_sees_rings_that_fill_a_disc():
   assert density2d.histogram_tv(rings, rings) == 0.0
   # Mass off the grid counts.
   assert density2d.histogram_tv(rings + 20.0, rings) == pytest.approx(1.0)
+
+
+def test_summary_figure_of_a_partial_sweep(tmp_path):
+  # Merged runs where one density lacks a variant another has (a sweep
+  # stopped part-way): the figure leaves those panels blank.
+  num = 8
+  grid = np.full(num * num, -np.log(num * num))
+
+  def run(variant):
+    arrays = {'true_log_p': grid, 'model_log_p': grid,
+              'generator': np.zeros((4, 2)), 'revised': np.zeros((4, 2))}
+    numbers = {'tv': 0.1, 'reference': 'exact', 'variant': variant}
+    return {'arrays': arrays, 'numbers': numbers}
+
+  results = {'8gaussians': {'full': run('full'), 'no_z': run('no_z')},
+             'rings': {'no_z': run('no_z')},
+             'banana': {'full': run('full')}}
+  path = str(tmp_path / 'summary.png')
+  toy2d_report.summary_figure(path, results, num)
+  assert os.path.getsize(path) > 0
