@@ -27,8 +27,8 @@ are right (docs/results.md, "Both models right"):
   there drifts down and a one-piece density such as the held-out banana
   loses a quarter of its mass off the data.
 * The z-chain also follows the paper's rule, which samples the generator's
-  posterior with its prior term: the generator then learns each mode's
-  share from the data.
+  posterior with its prior term; with the wider likelihood below, the
+  generator then learns each mode's share from the data.
 * A wider generator likelihood in that posterior (loss.sigma 0.45; 0.3
   in the image configs). At 0.3 the share of samples the generator gives
   each mode is fixed in its first few hundred iterations, often a few
