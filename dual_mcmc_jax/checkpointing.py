@@ -410,7 +410,8 @@ def load_state(config: ml_collections.ConfigDict | settings_lib.Settings,
   settings = settings_lib.from_config(config)
   models = ts.create_models(settings)
   # The optimiser state's structure does not depend on the schedule length.
-  optimizers = ts.create_optimizers(settings.optim, steps_per_epoch=1)
+  optimizers = ts.create_optimizers(settings.optim, steps_per_epoch=1,
+                                    total_steps=1)
   abstract = abstract_state(models, optimizers, settings.training.seed,
                             replay=ts.replay_spec(settings.training))
   directory = os.path.join(os.path.abspath(workdir), 'checkpoints')

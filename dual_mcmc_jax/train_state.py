@@ -140,7 +140,7 @@ class Optimizers:
 
 def create_learning_rate_fn(base_lr: float, decay: float,
                             steps_per_epoch: int, schedule: str = 'exponential',
-                            total_steps: int = 1) -> optax.Schedule:
+                            total_steps: int | None = None) -> optax.Schedule:
   """A net's learning rate by step, as `config.optim.lr_schedule` names.
 
   'exponential' (the reference): base_lr * decay ** floor(step /
@@ -151,6 +151,10 @@ def create_learning_rate_fn(base_lr: float, decay: float,
   no longer moves them.
   """
   if schedule == 'cosine':
+    if total_steps is None:
+      # A default length would silently end the rate at that step.
+      raise ValueError("optim.lr_schedule='cosine' needs the run's total_steps "
+                       '(create_optimizers(..., total_steps=N))')
     return optax.cosine_decay_schedule(base_lr, max(total_steps, 1))
   return optax.exponential_decay(base_lr, transition_steps=max(steps_per_epoch, 1),
                                  decay_rate=decay, staircase=True)
@@ -168,12 +172,13 @@ def create_optimizer(schedule: optax.Schedule, weight_decay: float, beta1: float
 
 
 def create_optimizers(o: settings_lib.OptimSettings, steps_per_epoch: int,
-                      total_steps: int = 1) -> Optimizers:
+                      total_steps: int | None = None) -> Optimizers:
   """Builds the three optimisers from `settings.optim`.
 
   The schedules need `steps_per_epoch` ('exponential') or the run's
-  `total_steps` ('cosine'); neither changes the optimiser state's shape, so
-  code that only restores or imports a state may leave them at 1.
+  `total_steps` ('cosine', which refuses to guess it); neither changes the
+  optimiser state's shape, so code that only restores or imports a state
+  may pass 1 for both.
   """
   lrs = {name: create_learning_rate_fn(lr, o.lr_decay, steps_per_epoch,
                                        o.lr_schedule, total_steps)

@@ -167,7 +167,7 @@ def _toy(**training):
 
 def _run(config, steps=2):
   models = ts.create_models(config)
-  optimizers = ts.create_optimizers(config.optim, 100)
+  optimizers = ts.create_optimizers(config.optim, 100, total_steps=100)
   state = ts.create_train_state(models, optimizers, 0,
                                 ts.replay_spec(config.training))
   step = jax.jit(tstep.make_train_step(config, models, optimizers))

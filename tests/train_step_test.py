@@ -250,7 +250,8 @@ def _toy_config(**training):
 def toy():
   config = _toy_config()
   models = ts.create_models(config)
-  optimizers = ts.create_optimizers(config.optim, _STEPS_PER_EPOCH)
+  optimizers = ts.create_optimizers(config.optim, _STEPS_PER_EPOCH,
+                                    total_steps=_STEPS_PER_EPOCH)
   state = ts.create_train_state(models, optimizers, seed=0)
   batch = jnp.asarray(toy2d.sample('8gaussians', 16,
                                    np.random.default_rng(0)))
@@ -472,6 +473,17 @@ def test_cosine_schedule_spans_the_run_and_ignores_the_epoch_decay():
   config.optim.lr_schedule = 'exponential'
   opt = ts.create_optimizers(settings_lib.from_config(config).optim, 7, run)
   np.testing.assert_allclose(opt.lr_gen(7), base * 0.5, rtol=1e-6)
+
+
+def test_a_cosine_schedule_without_the_run_length_is_refused():
+  # Guessing a length would end the rate there (at 1, it was 0 after the
+  # first step).
+  config = test_config.get_config()
+  config.optim.lr_schedule = 'cosine'
+  optim = settings_lib.from_config(config).optim
+  with pytest.raises(ValueError, match=r"lr_schedule='cosine' needs .*total_steps"):
+    ts.create_optimizers(optim, 7)
+  assert float(ts.create_optimizers(optim, 7, 10).lr_gen(5)) > 0
 
 
 def test_a_batch_of_the_wrong_shape_is_refused_when_the_step_is_traced(

@@ -153,7 +153,8 @@ def build_train_state(config: Config,
   """
   config = settings_lib.from_config(config)
   # The optimiser state's structure does not depend on the schedule length.
-  optimizers = ts.create_optimizers(config.optim, steps_per_epoch=1)
+  optimizers = ts.create_optimizers(config.optim, steps_per_epoch=1,
+                                    total_steps=1)
   state = ts.train_state_from_variables(
       jax.tree.map(jnp.asarray, {n: dict(v) for n, v in variables.items()}),
       optimizers, int(config.training.seed), step)
