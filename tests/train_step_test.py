@@ -481,7 +481,8 @@ def test_a_cosine_schedule_without_the_run_length_is_refused():
   config = test_config.get_config()
   config.optim.lr_schedule = 'cosine'
   optim = settings_lib.from_config(config).optim
-  with pytest.raises(ValueError, match=r"lr_schedule='cosine' needs .*total_steps"):
+  with pytest.raises(ValueError,
+                     match=r"lr_schedule='cosine' needs .*total_steps"):
     ts.create_optimizers(optim, 7)
   assert float(ts.create_optimizers(optim, 7, 10).lr_gen(5)) > 0
 
